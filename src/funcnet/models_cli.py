@@ -1,0 +1,43 @@
+"""``funcnet info``: model and activation-store summaries."""
+from __future__ import annotations
+
+import json
+
+
+def _cmd_info(args) -> int:
+    from pathlib import Path
+
+    target = args.target
+    if Path(target).is_dir() and (Path(target) / "manifest.json").exists():
+        from .store import ActivationStore
+
+        print(json.dumps(ActivationStore.open(target).summary(), indent=2))
+        return 0
+    from .models import load_model
+
+    lm = load_model(target, dtype=args.dtype)
+    s = lm.summary()
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    npl = s["neurons_per_layer"]
+    widths = f"{npl[0]}" if len(set(npl)) == 1 else ",".join(map(str, npl))
+    rows = [
+        ("model", s["spec"]), ("family", s["family"]), ("architecture", s["architecture"]),
+        ("layers", s["n_layers"]), ("neurons per layer", widths), ("total neurons", s["total_neurons"]),
+        ("heads / kv heads / head dim", f"{s['n_heads']} / {s['n_kv_heads']} / {s['head_dim']}"),
+        ("parameters", f"{s['n_parameters']:,}"), ("MLP parameters", f"{s['mlp_parameters']:,}"),
+        ("attention parameters", f"{s['attn_parameters']:,}"), ("dtype", s["dtype"]), ("identity", s["identity"]),
+    ]
+    w = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{w}}  {v}")
+    return 0
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser("info", help="summarise a model (family, layers, neurons, parameters) or an activation store")
+    p.add_argument("target", nargs="?", default="smollm2-135m", help="model spec or activation-store folder")
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_info)
