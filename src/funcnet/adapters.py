@@ -168,8 +168,29 @@ class ArchAdapter:
     def register_signal_hook(
         self, layer: nn.Module, signal: str, callback: Callable[[torch.Tensor], None]
     ) -> torch.utils.hooks.RemovableHandle:
-        """Call ``callback(tensor[batch, seq, width])`` with the signal each time ``layer`` runs."""
+        """Call ``callback(tensor[batch, seq, width])`` with the signal each time ``layer`` runs.
+
+        Some families (OPT) flatten tokens inside the block; such signals are reshaped back to
+        ``[batch, seq, width]`` using the shape of the layer's input. Returns one removable handle.
+        """
         self._check_signal(signal)
+        shape: dict = {}
+
+        def pre(m, args, kwargs):
+            h = args[0] if args else kwargs.get("hidden_states")
+            if isinstance(h, torch.Tensor):
+                shape["bt"] = h.shape[:-1]
+
+        def cb(t: torch.Tensor):
+            if t.dim() == 2 and "bt" in shape:
+                t = t.reshape(*shape["bt"], t.shape[-1])
+            callback(t)
+
+        h1 = layer.register_forward_pre_hook(pre, with_kwargs=True)
+        h2 = self._register_raw(layer, signal, cb)
+        return _Handles(h1, h2)
+
+    def _register_raw(self, layer: nn.Module, signal: str, callback):
         if signal == "neurons":
             return self.down_proj(layer).register_forward_pre_hook(lambda m, args: callback(args[0]))
         if signal == "heads":
@@ -228,6 +249,23 @@ class ArchAdapter:
     def attn_param_count(self, layer: nn.Module) -> int:
         paths = [self.o_proj] + [p for p in (self.q, self.k, self.v, self.qkv) if p is not None]
         return sum(p.numel() for path in paths for p in _get(layer, path).parameters(recurse=False))
+
+
+class _Handles:
+    """Several hook handles removed together."""
+
+    def __init__(self, *handles):
+        self.handles = handles
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
 
 
 def _first_attr(cfg, names: Sequence[str], default=None):

@@ -1,0 +1,323 @@
+"""Recording neuron activations: hooks from the architecture adapter, batched forward passes of the
+base model (no LM head), padding excluded, streamed to an :class:`~funcnet.store.ActivationStore`.
+
+``record`` writes a resumable store on disk; ``collect`` returns small recordings in memory.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import FuncnetError
+from .models import LoadedModel, as_loaded, input_device
+from .store import ActivationStore, plan_chunks
+
+RESUME_KEYS = ("model_identity", "tokenized_identity", "signals", "layers", "dtype", "chunk_tokens")
+
+
+class _StopForward(Exception):
+    """Raised by a hook after the last needed layer to skip the rest of the forward pass."""
+
+
+def parse_layers(layers, n_layers: int) -> list[int]:
+    """'all', an int, '3', '0-5', '0,3,-1', or a list -> sorted unique layer indices."""
+    if layers is None or (isinstance(layers, str) and layers.strip().lower() in ("all", "")):
+        return list(range(n_layers))
+    if isinstance(layers, (int, np.integer)):
+        items = [int(layers)]
+    elif isinstance(layers, str):
+        items = []
+        for part in layers.split(","):
+            part = part.strip()
+            m = re.fullmatch(r"(\d+)-(\d+)", part)
+            try:
+                items.extend(range(int(m[1]), int(m[2]) + 1) if m else [int(part)])
+            except ValueError:
+                raise FuncnetError(f"cannot read layers '{layers}': use all, 0-5, or 0,3,-1") from None
+    else:
+        items = [int(x) for x in layers]
+    out = []
+    for i in items:
+        j = i + n_layers if i < 0 else i
+        if not 0 <= j < n_layers:
+            raise FuncnetError(f"layer {i} is out of range: the model has {n_layers} layers (0..{n_layers - 1})")
+        out.append(j)
+    if not out:
+        raise FuncnetError("no layers selected")
+    return sorted(set(out))
+
+
+def parse_signals(signals) -> list[str]:
+    from .adapters import SIGNALS
+
+    if isinstance(signals, str):
+        signals = [s.strip() for s in signals.split(",") if s.strip()]
+    signals = list(dict.fromkeys(signals))
+    bad = [s for s in signals if s not in SIGNALS]
+    if bad or not signals:
+        raise FuncnetError(f"unknown signal(s) {', '.join(bad) or '(none)'}; choose from {', '.join(SIGNALS)}")
+    return signals
+
+
+def _tokenized(corpus, tokenizer, *, max_length: int, mode: str, max_tokens: int | None, split: str):
+    """Accept a TokenizedCorpus, a Corpus, a spec string or a list of strings."""
+    if hasattr(corpus, "sequences") and hasattr(corpus, "batches"):
+        return corpus
+    from .corpus import load_corpus, tokenize
+
+    if not hasattr(corpus, "documents"):
+        corpus = load_corpus(corpus, split=split)
+    return tokenize(corpus, tokenizer, max_length=max_length, mode=mode, max_tokens=max_tokens)
+
+
+def _token_meta(tok) -> dict[str, np.ndarray]:
+    seqs = tok.sequences
+    cat = lambda f: np.concatenate([np.asarray(getattr(s, f)) for s in seqs]) if seqs else np.zeros(0)  # noqa: E731
+    return {
+        "seq_ids": np.concatenate([np.full(len(s.input_ids), i, np.int32) for i, s in enumerate(seqs)]),
+        "doc_ids": cat("doc_ids").astype(np.int32),
+        "positions": cat("positions").astype(np.int32),
+        "token_ids": cat("input_ids").astype(np.int64),
+        "char_spans": np.concatenate([np.asarray(s.char_spans, dtype=np.int64).reshape(-1, 2) for s in seqs]),
+    }
+
+
+def _to_storage(t: torch.Tensor, dtype: str) -> np.ndarray:
+    t = t.detach().to("cpu")
+    if dtype == "bfloat16":
+        return t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    return t.to(torch.float16 if dtype == "float16" else torch.float32).numpy()
+
+
+def _run_capture(
+    lm: LoadedModel,
+    tok,
+    keys: Sequence[tuple[int, str]],
+    chunks,
+    *,
+    batch_size: int,
+    dtype: str,
+    sink: Callable[[int, str, int, np.ndarray], None],
+    on_chunk_done: Callable[[int], None] | None = None,
+    skip: Iterable[int] = (),
+    progress: bool = True,
+    desc: str = "recording",
+) -> float:
+    """Run the model over the chunks' sequences; call ``sink(layer, signal, token_offset, rows)``."""
+    model, adapter = lm.model, lm.adapter
+    layers = adapter.get_layers(model)
+    state: dict = {}
+    handles = []
+
+    def make_cb(layer_idx: int, signal: str):
+        def cb(t: torch.Tensor):
+            mask = state["mask"]
+            if mask.device != t.device:
+                mask = mask.to(t.device)
+            rows = t[mask] if t.dim() == 3 else t.reshape(mask.shape + t.shape[-1:])[mask]
+            state["captured"][(layer_idx, signal)] = _to_storage(rows, dtype)
+        return cb
+
+    last = max(l for l, _ in keys)
+    try:
+        for l, s in keys:
+            handles.append(adapter.register_signal_hook(layers[l], s, make_cb(l, s)))
+        if last < len(layers) - 1:
+            def stop(m, a, o):
+                raise _StopForward
+            handles.append(layers[last].register_forward_hook(stop))
+        base = getattr(model, "base_model", model)
+        dev = input_device(model)
+        pad = lm.tokenizer.pad_token_id if lm.tokenizer is not None and lm.tokenizer.pad_token_id is not None else 0
+        skip = set(skip)
+        todo = [c for c in chunks if c.index not in skip]
+        total = sum(c.n_tokens for c in todo)
+        t0 = time.perf_counter()
+        bar = tqdm(total=total, unit="tok", unit_scale=True, desc=desc, disable=not progress or
+                   os.environ.get("FUNCNET_NO_PROGRESS") == "1")
+        with torch.inference_mode():
+            for chunk in todo:
+                offset = chunk.tok_start
+                for b0 in range(chunk.seq_start, chunk.seq_stop, batch_size):
+                    seq_idx = list(range(b0, min(chunk.seq_stop, b0 + batch_size)))
+                    seqs = [tok.sequences[i] for i in seq_idx]
+                    T = max(len(s.input_ids) for s in seqs)
+                    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
+                    mask = torch.zeros((len(seqs), T), dtype=torch.bool)
+                    for r, s in enumerate(seqs):
+                        ids[r, : len(s.input_ids)] = torch.as_tensor(np.asarray(s.input_ids), dtype=torch.long)
+                        mask[r, : len(s.input_ids)] = True
+                    state["mask"], state["captured"] = mask, {}
+                    try:
+                        base(input_ids=ids.to(dev), attention_mask=mask.long().to(dev), use_cache=False)
+                    except _StopForward:
+                        pass
+                    n = int(mask.sum())
+                    for (l, s) in keys:
+                        rows = state["captured"].get((l, s))
+                        if rows is None:
+                            raise FuncnetError(f"layer {l} signal '{s}' was not produced by the forward pass")
+                        sink(l, s, offset, rows)
+                    offset += n
+                    bar.update(n)
+                if on_chunk_done is not None:
+                    on_chunk_done(chunk.index)
+        bar.close()
+        return time.perf_counter() - t0
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def record(
+    model,
+    corpus="builtin",
+    *,
+    out: str | os.PathLike,
+    signals=("neurons",),
+    layers="all",
+    tokenizer=None,
+    split: str = "calib",
+    max_tokens: int | None = None,
+    max_length: int = 128,
+    mode: str = "documents",
+    batch_size: int = 8,
+    chunk_tokens: int = 2048,
+    dtype: str = "float16",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ActivationStore:
+    """Record ``signals`` of ``layers`` over ``corpus`` into an activation store at ``out``.
+
+    ``model`` is a spec, a :class:`LoadedModel` or an HF model (then pass ``tokenizer``); ``corpus`` a
+    spec, a Corpus, a TokenizedCorpus or a list of strings. With ``resume=True`` an interrupted
+    recording continues at its first unfinished chunk (refused if model or corpus differ).
+    """
+    from . import __version__
+
+    lm = as_loaded(model, tokenizer)
+    out = Path(out)
+    sig = parse_signals(signals)
+    lay = parse_layers(layers, lm.n_layers)
+    tok = _tokenized(corpus, lm.tokenizer, max_length=max_length, mode=mode, max_tokens=max_tokens, split=split)
+    if tok.n_tokens == 0:
+        raise FuncnetError("the corpus has no tokens to record")
+    keys = [(l, s) for l in lay for s in sig]
+    widths = {(l, s): lm.adapter.signal_width(lm.model, l, s) for l, s in keys}
+    chunks = plan_chunks([len(s.input_ids) for s in tok.sequences], chunk_tokens)
+    corpus_obj = getattr(tok, "corpus", None)
+    manifest = {
+        "funcnet_version": __version__,
+        "model_spec": lm.spec,
+        "model_identity": lm.identity,
+        "family": lm.adapter.family,
+        "n_layers": lm.n_layers,
+        "signals": sig,
+        "layers": lay,
+        "corpus_name": getattr(corpus_obj, "name", None),
+        "corpus_identity": getattr(corpus_obj, "identity", None),
+        "tokenized_identity": tok.identity,
+        "max_length": getattr(tok, "max_length", max_length),
+        "mode": getattr(tok, "mode", mode),
+        "chunk_tokens": int(chunk_tokens),
+        "chunks": [[c.index, c.seq_start, c.seq_stop, c.tok_start, c.tok_stop] for c in chunks],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    store = None
+    if out.exists() and (out / "manifest.json").exists():
+        if resume:
+            store = ActivationStore.open(out)
+            wanted = dict(manifest, dtype=dtype)
+            for k in RESUME_KEYS:
+                if store.manifest.get(k) != wanted.get(k):
+                    what = {"model_identity": "model", "tokenized_identity": "corpus"}.get(k, k)
+                    raise FuncnetError(
+                        f"cannot resume {out}: it was recorded with a different {what} "
+                        f"({store.manifest.get(k)!r} vs {wanted.get(k)!r}); use a new --out or --overwrite"
+                    )
+        elif overwrite:
+            shutil.rmtree(out)
+        else:
+            raise FuncnetError(f"activation store {out} already exists; pass --resume to continue it or --overwrite")
+    elif out.exists() and any(out.iterdir()):
+        if not (out / ".incomplete").exists() and not overwrite:
+            raise FuncnetError(f"output folder {out} exists and is not an activation store; choose another --out")
+        shutil.rmtree(out)
+    if store is None:
+        store = ActivationStore.create(out, manifest, _token_meta(tok), widths, dtype=dtype)
+
+    done = store.done_chunks()
+    _run_capture(
+        lm, tok, keys, chunks, batch_size=batch_size, dtype=dtype,
+        sink=lambda l, s, off, rows: store.write_rows(l, s, off, rows),
+        on_chunk_done=store.mark_done, skip=done, progress=progress,
+    )
+    return store
+
+
+def collect(
+    model,
+    corpus,
+    *,
+    signals=("neurons",),
+    layers="all",
+    tokenizer=None,
+    split: str = "calib",
+    max_tokens: int | None = None,
+    max_length: int = 128,
+    mode: str = "documents",
+    batch_size: int = 8,
+    dtype: str = "float32",
+    progress: bool = False,
+) -> dict[tuple[int, str], np.ndarray]:
+    """Record in memory: returns ``{(layer, signal): array[tokens, width]}`` (small jobs and tests)."""
+    lm = as_loaded(model, tokenizer)
+    sig = parse_signals(signals)
+    lay = parse_layers(layers, lm.n_layers)
+    tok = _tokenized(corpus, lm.tokenizer, max_length=max_length, mode=mode, max_tokens=max_tokens, split=split)
+    keys = [(l, s) for l in lay for s in sig]
+    parts: dict[tuple[int, str], list[np.ndarray]] = {k: [] for k in keys}
+    chunks = plan_chunks([len(s.input_ids) for s in tok.sequences], 1 << 62)
+    _run_capture(lm, tok, keys, chunks, batch_size=batch_size, dtype=dtype,
+                 sink=lambda l, s, off, rows: parts[(l, s)].append(rows), progress=progress, desc="collecting")
+    return {k: np.concatenate(v, axis=0) for k, v in parts.items()}
+
+
+# ---------------------------------------------------------------------------- CLI
+def _cmd_record(args) -> int:
+    store = record(
+        args.model, args.corpus, out=args.out, signals=args.signals, layers=args.layers, split=args.split,
+        max_tokens=args.max_tokens, max_length=args.max_length, mode=args.mode, batch_size=args.batch_size,
+        dtype=args.dtype, resume=args.resume, overwrite=args.overwrite,
+    )
+    s = store.summary()
+    print(f"recorded {s['n_tokens']:,} tokens x {s['layers']} layers ({', '.join(s['signals'])}) "
+          f"from {s['n_documents']} documents -> {s['path']} ({s['size_mb']} MB, {s['dtype']})")
+    return 0
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser("record", help="record neuron activations over a corpus into an on-disk store")
+    p.add_argument("--model", default="smollm2-135m", help="model spec (HF id, folder, .gguf, alias)")
+    p.add_argument("--corpus", default="builtin", help="corpus spec (builtin[:domain], file, folder, wikitext2)")
+    p.add_argument("--split", default="calib", choices=["calib", "eval", "all"])
+    p.add_argument("--signals", default="neurons", help="comma list of neurons,gate,up,residual,heads")
+    p.add_argument("--layers", default="all", help="all, 0-5, or 0,3,-1")
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--max-length", type=int, default=128, help="tokens per document / window")
+    p.add_argument("--mode", default="documents", choices=["documents", "packed"])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32", "bfloat16"])
+    p.add_argument("--out", required=True, help="output store folder")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted recording")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.set_defaults(func=_cmd_record)

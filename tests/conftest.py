@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny random-init models of every supported family (no downloads)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("FUNCNET_NO_PROGRESS", "1")
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "gpt2", "gpt_neox", "opt"]
+
+
+def tiny_config(family: str, n_layers: int = 2, hidden: int = 32, inter: int = 64, vocab: int = 128):
+    import transformers as t
+
+    common = dict(num_hidden_layers=n_layers, hidden_size=hidden, num_attention_heads=4, vocab_size=vocab,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2, max_position_embeddings=256)
+    gqa = dict(num_key_value_heads=2, intermediate_size=inter)
+    if family == "gpt2":
+        return t.GPT2Config(n_layer=n_layers, n_embd=hidden, n_head=4, n_inner=inter, vocab_size=vocab,
+                            n_positions=256, bos_token_id=1, eos_token_id=2)
+    if family == "opt":
+        return t.OPTConfig(**common, ffn_dim=inter, word_embed_proj_dim=hidden)
+    if family == "gpt_neox":
+        return t.GPTNeoXConfig(**common, intermediate_size=inter)
+    if family == "phi3":
+        return t.Phi3Config(**common, **gqa)
+    cls = {"llama": t.LlamaConfig, "mistral": t.MistralConfig, "qwen2": t.Qwen2Config, "qwen3": t.Qwen3Config,
+           "gemma": t.GemmaConfig, "gemma2": t.Gemma2Config, "gemma3": t.Gemma3TextConfig}[family]
+    extra = {"head_dim": hidden // 4} if family in ("gemma", "gemma2", "gemma3", "qwen3") else {}
+    return cls(**common, **gqa, **extra)
+
+
+def tiny_model(family: str, seed: int = 0, **kw):
+    import transformers as t
+
+    torch.manual_seed(seed)
+    cfg = tiny_config(family, **kw)
+    model = t.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    # random-init models have tiny weights; scale MLP/attention weights up so signals are not ~0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "emb" not in name and "wte" not in name and "wpe" not in name:
+                p.normal_(0, 0.2)
+    return model.eval()
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request):
+    return request.param
+
+
+@pytest.fixture
+def tiny_llama():
+    return tiny_model("llama")
