@@ -55,3 +55,42 @@ def family(request):
 @pytest.fixture
 def tiny_llama():
     return tiny_model("llama")
+
+
+def char_tokenizer():
+    """A tiny character-level fast tokenizer (no download) with offsets, pad and eos tokens."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
+    for i, ch in enumerate(sorted(set(chr(c) for c in range(32, 127)) | {"\n", "\t"})):
+        vocab[ch] = 4 + i
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                                   unk_token="<unk>")
+
+
+@pytest.fixture
+def char_tok():
+    return char_tokenizer()
+
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog. " * 3,
+    "def add(a, b):\n    return a + b\n",
+    "Q: What is 12 * 7? A: 12 * 7 = 84.",
+    "Functional networks recur across inputs and matter for the model. " * 2,
+    "import os\nprint(os.getcwd())\n",
+    "Python is a programming language that lets you work quickly.",
+]
+
+
+def tiny_saved(tmp_path, family="llama", seed=0, **kw):
+    """Save a tiny model + char tokenizer into a folder that load_model() accepts."""
+    model = tiny_model(family, seed=seed, vocab=128, **kw)
+    tok = char_tokenizer()
+    d = tmp_path / f"tiny-{family}-{seed}"
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d

@@ -274,6 +274,11 @@ def load_model(
         config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
     except Exception as e:
         raise FuncnetError(f"cannot read a model config from '{spec}': {str(e).splitlines()[0][:200]}") from e
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    auto_map = getattr(config, "auto_map", None) or {}
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and "AutoModelForCausalLM" not in auto_map:
+        raise FuncnetError(f"'{spec}' is not a causal language model (model type '{config.model_type}')")
     get_adapter(config)  # fail early on unsupported families
     try:
         model = AutoModelForCausalLM.from_pretrained(

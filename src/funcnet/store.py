@@ -46,7 +46,10 @@ def _alloc_npy(path: Path, shape: tuple[int, ...], dtype) -> None:
 def _npy_data_offset(path: Path) -> int:
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
-        np.lib.format._read_array_header(f, version)  # noqa: SLF001 - stable since numpy 1.x
+        if version == (1, 0):
+            np.lib.format.read_array_header_1_0(f)
+        else:
+            np.lib.format.read_array_header_2_0(f)
         return f.tell()
 
 

@@ -1,0 +1,161 @@
+"""Recording into the activation store: exact values, padding excluded, resume after a kill, errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TEXTS, char_tokenizer, tiny_model, tiny_saved
+from funcnet.errors import FuncnetError
+from funcnet.models import as_loaded
+from funcnet.record import collect, parse_layers, record
+from funcnet.store import ActivationStore
+
+
+@pytest.fixture
+def lm():
+    return as_loaded(tiny_model("llama", n_layers=3, vocab=128), char_tokenizer())
+
+
+def test_record_matches_unpadded_forward(lm, tmp_path):
+    st = record(lm, TEXTS, out=tmp_path / "s", signals="neurons,residual", layers="all", max_length=40,
+                batch_size=4, chunk_tokens=64, dtype="float32", progress=False)
+    assert st.complete and st.layers == [0, 1, 2] and st.signals == ["neurons", "residual"]
+    meta = st.tokens
+    n_expected = sum(min(40, len(t)) for t in TEXTS)  # char tokenizer, no BOS added by this tokenizer
+    assert st.n_tokens == n_expected == len(meta["token_ids"])
+    # every document recorded alone, without padding, gives the same rows as the batched store
+    for doc in range(len(TEXTS)):
+        rows = np.flatnonzero(meta["doc_ids"] == doc)
+        ids = torch.as_tensor(np.asarray(meta["token_ids"])[rows])[None]
+        got = {}
+        layer = lm.adapter.get_layers(lm.model)[2]
+        h = lm.adapter.register_signal_hook(layer, "neurons", lambda t: got.setdefault("x", t[0]))
+        with torch.no_grad():
+            lm.model(input_ids=ids)
+        h.remove()
+        np.testing.assert_allclose(st.document(doc, 2), got["x"].numpy(), rtol=1e-4, atol=1e-5)
+    # char spans point at the characters of each token
+    spans = np.asarray(meta["char_spans"])
+    docs = np.asarray(meta["doc_ids"])
+    for i in range(0, st.n_tokens, 7):
+        a, b = spans[i]
+        assert TEXTS[docs[i]][a:b] == lm.tokenizer.decode([int(meta["token_ids"][i])])
+
+
+def test_float16_store_and_collect_agree(lm, tmp_path):
+    st = record(lm, TEXTS, out=tmp_path / "s", layers=[0, -1], max_length=32, progress=False)
+    mem = collect(lm, TEXTS, layers=[0, -1], max_length=32)
+    assert st.layer(2).dtype == np.float16 and st.layers == [0, 2]
+    np.testing.assert_allclose(st.layer_float(2), mem[(2, "neurons")], rtol=2e-3, atol=2e-3)
+    chunks = list(st.iter_chunks(0, chunk_tokens=50))
+    assert sum(len(c) for c in chunks) == st.n_tokens and all(c.dtype == np.float32 for c in chunks)
+    src = st.source([0, 2], documents=[1, 2])
+    assert src.shape == (int(np.isin(st.tokens["doc_ids"], [1, 2]).sum()), 128)
+    assert [s.shape[0] for s in src.subjects()] == [min(32, len(TEXTS[1])), min(32, len(TEXTS[2]))]
+
+
+def test_bfloat16_roundtrip(lm, tmp_path):
+    st = record(lm, TEXTS[:2], out=tmp_path / "s", layers=[1], dtype="bfloat16", progress=False)
+    mem = collect(lm, TEXTS[:2], layers=[1])
+    np.testing.assert_allclose(st.layer_float(1), mem[(1, "neurons")], rtol=1e-2, atol=1e-2)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import funcnet.store as S
+    from funcnet.record import record
+    orig = S.ActivationStore.write_rows
+    def write_rows(self, layer, signal_, start, rows):
+        orig(self, layer, signal_, start, rows)
+        if len(self.done_chunks()) >= 2 and layer == 1:   # mid-way through the third chunk
+            os.kill(os.getpid(), signal.SIGKILL)
+    S.ActivationStore.write_rows = write_rows
+    texts = [l for l in open(sys.argv[2]).read().split("\\0")]
+    record(sys.argv[1], texts, out=sys.argv[3], layers="all", max_length=40, batch_size=1, chunk_tokens=60,
+           progress=False)
+""")
+
+
+def test_resume_after_kill(tmp_path):
+    model_dir = tiny_saved(tmp_path, n_layers=3)
+    texts_file = tmp_path / "texts.txt"
+    texts_file.write_text("\0".join(TEXTS))
+    out = tmp_path / "store"
+    env = dict(os.environ, FUNCNET_NO_PROGRESS="1")
+    r = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(model_dir), str(texts_file), str(out)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == -9, r.stderr[-2000:]
+    partial = ActivationStore.open(out)
+    done = partial.done_chunks()
+    assert len(done) == 2 and not partial.complete
+    with pytest.raises(FuncnetError, match="incomplete"):
+        partial.layer(0)
+    boundary = partial.chunks[max(done)].tok_stop
+    before = np.load(out / "acts" / "L000.neurons.npy")[:boundary].copy()
+
+    # resume: finished chunks must not be written again
+    lm = as_loaded(__import__("funcnet").load_model(str(model_dir)))
+    writes = []
+    orig = ActivationStore.write_rows
+    def spy(self, layer, signal, start, rows):
+        writes.append(start)
+        return orig(self, layer, signal, start, rows)
+    ActivationStore.write_rows = spy
+    try:
+        st = record(lm, TEXTS, out=out, layers="all", max_length=40, batch_size=1, chunk_tokens=60,
+                    resume=True, progress=False)
+    finally:
+        ActivationStore.write_rows = orig
+    assert st.complete and min(writes) >= boundary
+    np.testing.assert_array_equal(st.layer(0)[:boundary], before)
+    fresh = record(lm, TEXTS, out=tmp_path / "fresh", layers="all", max_length=40, batch_size=1,
+                   chunk_tokens=60, progress=False)
+    for l in range(3):
+        np.testing.assert_array_equal(st.layer(l), fresh.layer(l))
+
+    # resuming with another corpus or another model is refused
+    with pytest.raises(FuncnetError, match="different corpus"):
+        record(lm, TEXTS[:3], out=out, layers="all", max_length=40, batch_size=1, chunk_tokens=60, resume=True)
+    other = as_loaded(tiny_model("llama", seed=5, n_layers=3, vocab=128), char_tokenizer())
+    with pytest.raises(FuncnetError, match="different model"):
+        record(other, TEXTS, out=out, layers="all", max_length=40, batch_size=1, chunk_tokens=60, resume=True)
+
+
+def test_existing_store_is_not_overwritten(lm, tmp_path):
+    st = record(lm, TEXTS, out=tmp_path / "s", layers=[0], progress=False)
+    before = (tmp_path / "s" / "manifest.json").read_text()
+    with pytest.raises(FuncnetError, match="already exists"):
+        record(lm, TEXTS[:2], out=tmp_path / "s", layers=[0], progress=False)
+    assert (tmp_path / "s" / "manifest.json").read_text() == before
+    st2 = record(lm, TEXTS[:2], out=tmp_path / "s", layers=[0], overwrite=True, progress=False)
+    assert st2.n_tokens < st.n_tokens
+
+
+def test_bad_inputs(lm, tmp_path):
+    with pytest.raises(FuncnetError, match="unknown signal"):
+        record(lm, TEXTS, out=tmp_path / "a", signals="neuronz")
+    with pytest.raises(FuncnetError, match="out of range"):
+        record(lm, TEXTS, out=tmp_path / "b", layers="7")
+    with pytest.raises(FuncnetError):
+        record(lm, [], out=tmp_path / "c")
+    with pytest.raises(FuncnetError, match="not an activation store"):
+        ActivationStore.open(tmp_path)
+    assert parse_layers("0-1,-1", 3) == [0, 1, 2]
+    with pytest.raises(FuncnetError, match="cannot read layers"):
+        parse_layers("a-b", 3)
+
+
+def test_many_small_chunks(lm, tmp_path):
+    """Many chunks of a few batches each: all complete, manifest names the model and corpus."""
+    st = record(lm, TEXTS * 4, out=tmp_path / "s", layers="all", max_length=16, batch_size=2, chunk_tokens=32,
+                progress=False)
+    assert len(st.chunks) > 4 and st.complete
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["model_identity"] == lm.identity and manifest["tokenized_identity"]
