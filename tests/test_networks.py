@@ -1,0 +1,122 @@
+"""FunctionalNetworks: decomposition modes, thresholding rules, masks, time courses, save/load."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import TEXTS, char_tokenizer, tiny_model
+from funcnet.errors import FuncnetError
+from funcnet.models import as_loaded
+from funcnet.networks import Decomposition, FunctionalNetworks, decompose, iou, make_groups
+from funcnet.record import collect, record
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return as_loaded(tiny_model("llama", n_layers=3, inter=64, vocab=128), char_tokenizer())
+
+
+@pytest.fixture(scope="module")
+def store(lm, tmp_path_factory):
+    texts = [t * 3 for t in TEXTS] * 4  # 24 documents
+    return record(lm, texts, out=tmp_path_factory.mktemp("st") / "s", layers="all", max_length=64, progress=False)
+
+
+def _toy(maps, layer=0, group=0, unit="L00"):
+    cols = np.stack([np.full(maps.shape[1], layer), np.zeros(maps.shape[1]), np.arange(maps.shape[1])], 1)
+    return Decomposition(np.asarray(maps, np.float32), cols.astype(np.int32), np.ones(len(maps), np.float32), group, unit)
+
+
+def test_threshold_rules():
+    maps = np.array([[5.0, -4.0, 1.0, 0.0, 3.7], [0.1, 0.2, -6.0, 4.0, 0.0]])
+    nets = FunctionalNetworks([_toy(maps)], ["neurons"], [5])
+    assert nets.key_mask(0, threshold=3.6).tolist() == [True, True, False, False, True]
+    assert nets.key_mask(0, threshold=3.6, positive_only=True).tolist() == [True, False, False, False, True]
+    assert nets.key_mask(1, method="top_fraction", fraction=0.2).tolist() == [False, False, True, False, False]
+    # nilearn ratio rule: the ratio * n_columns largest |values| over all maps together (0.4 * 5 = 2: 6 and 5)
+    assert nets.key_mask(0, method="ratio", ratio=0.4).tolist() == [True, False, False, False, False]
+    assert nets.key_mask(1, method="ratio", ratio=0.4).tolist() == [False, False, True, False, False]
+    with pytest.raises(FuncnetError, match="unknown threshold"):
+        nets.key_mask(0, method="otsu")
+
+
+def test_masks_union_counts_and_iou():
+    d0 = _toy(np.array([[5.0, 0, 0, 4.0]]), layer=0)
+    d1 = _toy(np.array([[0, 4.0, 0, 0], [0, 0, 0, 9.0]]), layer=1, unit="L01")
+    nets = FunctionalNetworks([d0, d1], ["neurons"], [4, 4])
+    assert nets.n_networks == 3
+    m = nets.masks()
+    assert m[0].tolist() == [True, False, False, True] and m[1].tolist() == [False, True, False, True]
+    assert nets.counts_per_layer().tolist() == [2, 2]
+    assert nets.to_layer_indices([1])[1].tolist() == [1]
+    assert nets.global_ids(0).tolist() == [0, 3] and nets.global_ids(2).tolist() == [7]
+    assert iou(np.array([1, 2, 3]), np.array([2, 3, 4])) == pytest.approx(0.5)
+    score = nets.score_per_neuron()
+    assert score[1].tolist() == [0, 4, 0, 9]
+    assert nets.key_frequency()[1].tolist() == [0, 1, 0, 1]
+
+
+def test_per_layer_decomposition_and_time_courses(lm, store, tmp_path):
+    nets = decompose(store, mode="per-layer", n_components=4, n_init=3, method="reference", progress=False)
+    assert nets.n_networks == 3 * 4 and [d.unit for d in nets.decompositions] == ["L00", "L01", "L02"]
+    for d in nets.decompositions:
+        assert d.maps.shape == (4, 64) and set(d.columns[:, 0]) == {int(d.unit[1:])}
+        np.testing.assert_allclose(d.maps.mean(1), 0, atol=1e-4)  # z-scored maps
+        np.testing.assert_allclose(d.maps.std(1), 1, atol=1e-3)
+    tc = nets.time_courses(store, threshold=1.5)
+    assert tc.shape == (store.n_tokens, 12)
+    # time course = mean of the key neurons' activations
+    pairs = nets.key_neurons(5, threshold=1.5)
+    manual = np.mean([store.layer_float(int(l))[:, int(j)] for l, j in pairs], axis=0)
+    np.testing.assert_allclose(tc[:, 5], manual, rtol=1e-4, atol=1e-5)
+    mem = collect(lm, [t * 3 for t in TEXTS] * 4, layers="all", max_length=64)
+    tc_mem = nets.time_courses(mem, [5], threshold=1.5)
+    np.testing.assert_allclose(tc_mem[:, 0], tc[:, 5], rtol=2e-2, atol=2e-2)
+
+
+def test_whole_window_and_groups(store):
+    whole = decompose(store, mode="whole", n_components=5, n_init=2, progress=False)
+    assert len(whole.decompositions) == 1 and whole.decompositions[0].maps.shape == (5, 3 * 64)
+    win = decompose(store, mode="window", window=2, n_components=3, n_init=2, progress=False)
+    assert [d.unit for d in win.decompositions] == ["L00-L01", "L01-L02"]
+    grouped = decompose(store, mode="per-layer", layers=[1], n_components=3, n_init=2, n_groups=2, group_size=6,
+                        progress=False)
+    assert [d.group for d in grouped.decompositions] == [0, 1]
+    with pytest.raises(FuncnetError, match="too short"):
+        decompose(store, n_groups=10, group_size=10, progress=False)
+
+
+def test_checkpoint_resume(store, tmp_path):
+    ck = tmp_path / "ck"
+    a = decompose(store, mode="per-layer", layers=[0], n_components=3, n_init=2, n_groups=2, group_size=5,
+                  checkpoint=ck, progress=False)
+    files = sorted(ck.glob("group_*.safetensors"))
+    assert len(files) == 2
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    b = decompose(store, mode="per-layer", layers=[0], n_components=3, n_init=2, n_groups=2, group_size=5,
+                  checkpoint=ck, progress=False)
+    assert [f.stat().st_mtime_ns for f in files] == mtimes  # reused, not recomputed
+    for da, db in zip(a.decompositions, b.decompositions):
+        np.testing.assert_array_equal(da.maps, db.maps)
+
+
+def test_save_load_and_model_check(lm, store, tmp_path):
+    nets = decompose(store, mode="per-layer", layers=[0, 2], n_components=3, n_init=2, progress=False)
+    p = nets.save(tmp_path / "nets.safetensors")
+    back = FunctionalNetworks.load(p, model=lm)
+    assert back.n_networks == nets.n_networks and back.params["n_components"] == 3
+    np.testing.assert_array_equal(back.decompositions[1].maps, nets.decompositions[1].maps)
+    assert back.model_identity == lm.identity
+    other = as_loaded(tiny_model("llama", seed=9, n_layers=3, vocab=128), char_tokenizer())
+    with pytest.raises(FuncnetError, match="another model"):
+        FunctionalNetworks.load(p, model=other)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a file")
+    with pytest.raises(FuncnetError, match="cannot read networks file"):
+        FunctionalNetworks.load(tmp_path / "bad.safetensors")
+
+
+def test_make_groups_deterministic():
+    g1 = make_groups(range(20), 3, 5, seed=1)
+    g2 = make_groups(range(20), 3, 5, seed=1)
+    assert all((a == b).all() for a, b in zip(g1, g2))
+    assert len(set(np.concatenate(g1))) == 15
