@@ -25,30 +25,28 @@ from funcnet.models import as_loaded
 os.environ.setdefault("FUNCNET_NO_PROGRESS", "1")
 
 H, I, NH, NKV, V = 32, 64, 4, 2, 128
-_LL = dict(num_hidden_layers=2, hidden_size=H, intermediate_size=I, num_attention_heads=NH,
+_LL = dict(hidden_size=H, intermediate_size=I, num_attention_heads=NH,
            num_key_value_heads=NKV, vocab_size=V, max_position_embeddings=64)
 FAMILIES = {
-    "llama": lambda: T.LlamaConfig(**_LL),
-    "mistral": lambda: T.MistralConfig(**_LL),
-    "qwen2": lambda: T.Qwen2Config(**_LL),
-    "qwen3": lambda: T.Qwen3Config(**_LL, head_dim=8),
-    "gemma": lambda: T.GemmaConfig(**_LL, head_dim=8),
-    "gemma2": lambda: T.Gemma2Config(**_LL, head_dim=8),
-    "gemma3": lambda: T.Gemma3TextConfig(**_LL, head_dim=8),
-    "phi3": lambda: T.Phi3Config(**_LL, pad_token_id=0),
-    "gpt2": lambda: T.GPT2Config(n_embd=H, n_layer=2, n_head=NH, n_inner=I, vocab_size=V, n_positions=64),
-    "gpt_neox": lambda: T.GPTNeoXConfig(hidden_size=H, num_hidden_layers=2, num_attention_heads=NH,
+    "llama": lambda L: T.LlamaConfig(**_LL, num_hidden_layers=L),
+    "mistral": lambda L: T.MistralConfig(**_LL, num_hidden_layers=L),
+    "qwen2": lambda L: T.Qwen2Config(**_LL, num_hidden_layers=L),
+    "qwen3": lambda L: T.Qwen3Config(**_LL, num_hidden_layers=L, head_dim=8),
+    "gemma": lambda L: T.GemmaConfig(**_LL, num_hidden_layers=L, head_dim=8),
+    "gemma2": lambda L: T.Gemma2Config(**_LL, num_hidden_layers=L, head_dim=8),
+    "gemma3": lambda L: T.Gemma3TextConfig(**_LL, num_hidden_layers=L, head_dim=8),
+    "phi3": lambda L: T.Phi3Config(**_LL, num_hidden_layers=L, pad_token_id=0),
+    "gpt2": lambda L: T.GPT2Config(n_embd=H, n_layer=L, n_head=NH, n_inner=I, vocab_size=V, n_positions=64),
+    "gpt_neox": lambda L: T.GPTNeoXConfig(hidden_size=H, num_hidden_layers=L, num_attention_heads=NH,
                                         intermediate_size=I, vocab_size=V, max_position_embeddings=64),
-    "opt": lambda: T.OPTConfig(hidden_size=H, num_hidden_layers=2, ffn_dim=I, num_attention_heads=NH,
+    "opt": lambda L: T.OPTConfig(hidden_size=H, num_hidden_layers=L, ffn_dim=I, num_attention_heads=NH,
                                vocab_size=V, word_embed_proj_dim=H, max_position_embeddings=64),
 }
 
 
 def tiny(family: str, seed: int = 0, layers: int = 2):
     torch.manual_seed(seed)
-    cfg = FAMILIES[family]()
-    if hasattr(cfg, "num_hidden_layers"):
-        cfg.num_hidden_layers = layers
+    cfg = FAMILIES[family](layers)
     cfg._attn_implementation = "eager"
     model = T.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
     with torch.no_grad():  # larger weights than the default init, so that pruning visibly matters
@@ -143,3 +141,352 @@ def test_shrink_equals_masked_dense_every_family(family):
     assert min(ad.n_neurons(l) for l in lm.layers) < I  # something was removed
     assert (pruned - full).abs().max() > 1e-2  # pruning changes the output (the test can fail)
     torch.testing.assert_close(pruned, ref, atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ calibration
+def test_calibration_stats_exclude_padding_and_match_direct():
+    model = tiny("llama")
+    lm = as_loaded(model, CharTok())
+    # batch 1: no padding at all; batch 4: the last, shorter window is padded
+    s1 = P.calibration_stats(lm, TEXTS, calib_tokens=200, max_length=32, batch_size=1)
+    s4 = P.calibration_stats(lm, TEXTS, calib_tokens=200, max_length=32, batch_size=4, heads=True)
+    assert s1.n_tokens == s4.n_tokens and s1.n_tokens % 32 != 0  # a partial window exists
+    for i in range(2):
+        np.testing.assert_allclose(s1.neuron_sum[i], s4.neuron_sum[i], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(s1.var(i), s4.var(i), rtol=1e-5, atol=1e-6)
+    # direct: run each window alone and gather the down-projection inputs
+    ids = []
+    for t in TEXTS:
+        ids += CharTok()(t)["input_ids"] + [1]
+    ids = ids[:200]
+    xs = []
+    h = lm.adapter.down_proj(lm.layers[1]).register_forward_pre_hook(lambda m, a: xs.append(a[0][0].double()))
+    with torch.no_grad():
+        for k in range(0, len(ids), 32):
+            model(torch.tensor([ids[k:k + 32]]))
+    h.remove()
+    X = torch.cat(xs).numpy()
+    assert X.shape[0] == s4.n_tokens
+    np.testing.assert_allclose(s4.mean(1), X.mean(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(s4.var(1), X.var(0), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(s4.sq_norm(1), (X ** 2).sum(0), rtol=1e-5)
+    assert s4.head_sum[0].shape == (NH * 8,)
+    assert s4.identity["tokens"] == s4.n_tokens and s4.identity["n_texts"] == 3
+
+
+def test_calibration_accepts_object_with_texts_and_rejects_empty():
+    lm = as_loaded(tiny("gpt2"), CharTok())
+
+    class C:
+        texts = TEXTS
+        spec = "mine"
+
+    st = P.calibration_stats(lm, C(), calib_tokens=64, max_length=16)
+    assert st.identity["spec"] == "mine" and st.n_tokens == 64
+    with pytest.raises(FuncnetError):
+        P.calibration_stats(lm, [], calib_tokens=64)
+
+
+# ------------------------------------------------------------------------------------------ importance
+def test_importance_formulas():
+    model = tiny("llama")
+    lm = as_loaded(model, None)
+    st = fake_stats(lm)
+    ad = lm.adapter
+    layer = lm.layers[1]
+    Wd = weight_out_in(ad.down_proj(layer)).detach().double()
+    j = 5
+    flap = P.compute_importance("flap", lm, st, heads=True)
+    assert flap.neurons[1][j] == pytest.approx(st.var(1)[j] * float((Wd[:, j] ** 2).sum().detach()))
+    w = P.compute_importance("wanda-sp", lm, st)
+    assert w.neurons[1][j] == pytest.approx(float(Wd[:, j].abs().mean()) * np.sqrt(st.sq_norm(1)[j]))
+    mg = P.compute_importance("magnitude", lm, st)
+    g = weight_out_in(shrink._get(layer, ad.gate)).detach().double()
+    u = weight_out_in(shrink._get(layer, ad.up)).detach().double()
+    expect = float(((Wd[:, j] ** 2).sum() + (g[j] ** 2).sum() + (u[j] ** 2).sum()).sqrt())
+    assert mg.neurons[1][j] == pytest.approx(expect)
+    assert flap.heads[1].shape == (NKV,)
+    r1 = P.compute_importance("random", lm, seed=3)
+    r2 = P.compute_importance("random", lm, seed=3)
+    r3 = P.compute_importance("random", lm, seed=4)
+    np.testing.assert_array_equal(r1.neurons[0], r2.neurons[0])
+    assert not np.array_equal(r1.neurons[0], r3.neurons[0])
+    assert set(P.METHODS) == {"random", "magnitude", "wanda-sp", "flap", "fn", "fn-threshold"}
+    with pytest.raises(FuncnetError):
+        P.compute_importance("nope", lm, st)
+    with pytest.raises(FuncnetError):
+        P.compute_importance("flap", lm, None)
+
+
+# ------------------------------------------------------------------------------------------ selection
+@pytest.mark.parametrize("of", ["mlp", "attn+mlp", "all"])
+@pytest.mark.parametrize("allocation", ["global", "uniform"])
+@pytest.mark.parametrize("comp", [True, False])
+def test_exact_ratio_and_protected_layers(of, allocation, comp):
+    model = tiny("llama", layers=6)
+    lm = as_loaded(model, None)
+    st = fake_stats(lm, heads=False)
+    ad = lm.adapter
+    ppn = ad.params_per_neuron(lm.layers[0])
+    before = P.param_counts(lm)
+    imp = P.compute_importance("flap", lm, st)
+    sel = P.select(lm, imp, 0.25, of=of, allocation=allocation, protect=(1, 2), bias_compensation=comp)
+    assert sel.protected == [0, 4, 5]
+    P.apply_selection(lm, sel, st if comp else None, bias_compensation=comp)
+    after = P.param_counts(lm)
+    removed = before[of] - after[of]
+    assert abs(removed - 0.25 * before[of]) <= ppn  # within one neuron's parameters
+    assert removed == sel.predicted_removed
+    widths = ad.neurons_per_layer(model)
+    assert widths[0] == widths[4] == widths[5] == I
+    assert all(w >= 1 for w in widths)
+    if allocation == "uniform":
+        assert max(widths[1:4]) - min(widths[1:4]) <= 1
+    has_bias = [ad.down_proj(l).bias is not None for l in lm.layers]
+    assert has_bias == [False, comp, comp, comp, False, False]
+
+
+def test_global_allocation_is_adaptive():
+    model = tiny("llama", layers=4)
+    lm = as_loaded(model, None)
+    imp = P.Importance({0: np.ones(I), 1: np.r_[np.zeros(I - 8), np.ones(8) * 10],
+                        2: np.linspace(0, 1, I), 3: np.ones(I)}, method="fn")
+    sel = P.select(lm, imp, 0.2, of="mlp", allocation="global", protect=(0, 0), bias_compensation=False)
+    kept = [len(sel.keep_neurons[i]) for i in range(4)]
+    assert kept[1] < kept[2]  # layer 1's standardized scores are mostly low
+    assert sum(I - k for k in kept) == round(0.2 * 4 * I)
+
+
+def test_unreachable_and_bad_ratio():
+    lm = as_loaded(tiny("llama", layers=4), None)
+    st = fake_stats(lm)
+    imp = P.compute_importance("flap", lm, st)
+    with pytest.raises(FuncnetError, match="unreachable"):
+        P.select(lm, imp, 0.6, of="mlp", protect=(1, 1))  # only 2 of 4 layers are prunable
+    with pytest.raises(FuncnetError, match="unreachable"):
+        P.select(lm, imp, 0.1, of="mlp", protect=(2, 2))
+    P.select(lm, imp, 0.45, of="mlp", protect=(1, 1))  # reachable
+    for bad in (0, 1, -0.1, 1.5, None):
+        with pytest.raises(FuncnetError):
+            P.select(lm, imp, bad)
+    with pytest.raises(FuncnetError):
+        P.select(lm, imp, 0.2, of="everything")
+    with pytest.raises(FuncnetError):
+        P.select(lm, imp, 0.2, of="mlp", heads=True)  # heads need an attention-counting denominator
+
+
+def test_keep_masks_threshold_rule_and_importance_plugin():
+    model = tiny("qwen2", layers=4)
+    lm = as_loaded(model, CharTok())
+    rng = np.random.default_rng(0)
+    masks = {i: rng.random(I) < 0.7 for i in range(4)}
+    masks[2][:] = False  # at least one neuron survives
+    res = P.prune(lm, None, method="fn-threshold", keep_masks=masks, calib=TEXTS, calib_tokens=100, protect=(1, 0))
+    w = lm.adapter.neurons_per_layer(model)
+    assert w[0] == I and w[1] == masks[1].sum() and w[2] == 1 and w[3] == masks[3].sum()
+    np.testing.assert_array_equal(res.selection.keep_neurons[3], np.flatnonzero(masks[3]))
+    assert res.report["ratio"] is None and res.report["achieved_ratio"] > 0
+    model2 = tiny("qwen2", layers=4)
+    imp = {i: np.arange(I, dtype=float) for i in range(4)}  # keep the highest indices
+    res2 = P.prune(model2, 0.25, tokenizer=CharTok(), importance=imp, bias_compensation=False, protect=(0, 0),
+                   allocation="uniform")
+    assert res2.report["method"] == "fn"
+    for i in range(4):
+        kept = res2.selection.keep_neurons[i]
+        np.testing.assert_array_equal(kept, np.arange(I - len(kept), I))
+
+
+def test_fn_methods_need_networks_module_or_inputs():
+    lm = as_loaded(tiny("llama"), CharTok())
+    try:
+        import funcnet.networks  # noqa: F401
+        have = True
+    except ImportError:
+        have = False
+    if not have:
+        with pytest.raises(FuncnetError, match="not available"):
+            P.prune(lm, 0.2, method="fn", networks="x.json", bias_compensation=False, protect=(0, 0))
+    else:
+        with pytest.raises(FuncnetError):
+            P.prune(lm, 0.2, method="fn", networks=None, bias_compensation=False, protect=(0, 0))
+
+
+def test_prune_end_to_end_report():
+    model = tiny("gemma3", layers=3)
+    lm = as_loaded(model, CharTok())
+    res = P.prune(lm, 0.3, of="attn+mlp", method="wanda-sp", calib=TEXTS, calib_tokens=120, heads=True,
+                  protect=(1, 0))
+    r = res.report
+    for k in ("method", "ratio", "denominator", "achieved_ratio", "kept_neurons_per_layer", "kept_heads",
+              "calibration", "params_before", "params_after", "bias_compensation", "protected_layers", "seed",
+              "funcnet_version", "allocation"):
+        assert k in r
+    assert r["allocation"] == "uniform" and r["protected_layers"] == [0]
+    assert abs(r["achieved_ratio"] * r["params_before"]["attn+mlp"] - 0.3 * r["params_before"]["attn+mlp"]) \
+        <= lm.adapter.params_per_neuron(lm.layers[1])
+    assert r["calibration"]["tokens"] == 120
+    assert model.config.intermediate_sizes == r["kept_neurons_per_layer"]
+    assert model.config.num_attention_heads_per_layer[0] == NH
+    assert "pruned" in "\n".join(P.summary_lines(r)) or "params" in "\n".join(P.summary_lines(r))
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randint(2, V, (1, 8))).logits).all()
+
+
+# ------------------------------------------------------------------------------------------ save / load
+_CHECK = textwrap.dedent('''
+    import sys, json, importlib.abc
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "funcnet" or name.startswith("funcnet."):
+                raise ImportError("funcnet must not be needed")
+    sys.meta_path.insert(0, Block())
+    import torch
+    from transformers import AutoModelForCausalLM
+    results = {}
+    for folder in sys.argv[1:]:
+        m = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, attn_implementation="eager").eval()
+        ref = torch.load(folder + "/../" + folder.rstrip("/").split("/")[-1] + ".pt")
+        with torch.no_grad():
+            out = m(ref["ids"]).logits
+        g = m.generate(ref["ids"], max_new_tokens=4, do_sample=False, pad_token_id=0)
+        results[folder] = [float((out - ref["logits"]).abs().max()), int(g.shape[1]),
+                           type(m).__name__, m.config.intermediate_sizes]
+    assert not any(k == "funcnet" or k.startswith("funcnet.") for k in sys.modules)
+    print(json.dumps(results))
+''')
+
+
+def test_saved_folder_loads_in_fresh_process_without_funcnet(tmp_path):
+    folders, widths = [], {}
+    for fam in sorted(FAMILIES):
+        model = tiny(fam)
+        lm = as_loaded(model, None)
+        st = fake_stats(lm)
+        sel = P.select(lm, P.compute_importance("flap", lm, st, heads=True), 0.3, of="attn+mlp",
+                       protect=(0, 0), heads=True)
+        P.apply_selection(lm, sel, st)
+        out = P.save_pruned(model, None, tmp_path / "models" / fam, {"method": "flap"})
+        ids = torch.randint(2, V, (1, 9), generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            torch.save({"ids": ids, "logits": model(ids).logits}, tmp_path / "models" / f"{fam}.pt")
+        folders.append(str(out))
+        widths[str(out)] = model.config.intermediate_sizes
+        cfg = json.loads((out / "config.json").read_text())
+        assert cfg["auto_map"]["AutoModelForCausalLM"].endswith("FuncnetPrunedForCausalLM")
+        assert cfg["intermediate_sizes"] == widths[str(out)] and len(cfg["num_attention_heads_per_layer"]) == 2
+        assert "funcnet" not in (out / P.MODELING_NAME).read_text().replace("funcnet_", "").replace(
+            "Funcnet", "").split('"""', 2)[2]
+        assert (out / P.REPORT_NAME).exists()
+    script = tmp_path / "check.py"
+    script.write_text(_CHECK)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "hfmod")
+    proc = subprocess.run([sys.executable, "-I", str(script), *folders], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    for f in folders:
+        diff, length, cls, w = res[f]
+        assert diff < 1e-4, (f, diff)
+        assert length == 13 and cls == "FuncnetPrunedForCausalLM" and w == widths[f]
+
+
+def test_save_is_atomic_refuses_existing_and_load_pruned(tmp_path, monkeypatch):
+    model = tiny("phi3")
+    lm = as_loaded(model, None)
+    st = fake_stats(lm)
+    sel = P.select(lm, P.compute_importance("magnitude", lm, st), 0.2, protect=(0, 0))
+    P.apply_selection(lm, sel, st)
+    out = tmp_path / "m"
+    out.mkdir()
+    with pytest.raises(FuncnetError, match="exists"):
+        P.save_pruned(model, None, out, {})
+    (out / "keep.txt").write_text("x")
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(P, "_save_weights", boom)
+    with pytest.raises(RuntimeError):
+        P.save_pruned(model, None, out, {}, overwrite=True)
+    assert (out / "keep.txt").exists() and [p.name for p in tmp_path.iterdir()] == ["m"]  # untouched, no temp
+    monkeypatch.undo()
+    P.save_pruned(model, None, out, {"method": "magnitude"}, overwrite=True)
+    assert not (out / "keep.txt").exists()
+    # load_pruned needs a tokenizer in the folder: save a tiny one
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models as tm
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(tm.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, "[UNK]")),
+                                  eos_token="b", unk_token="[UNK]")
+    P.save_pruned(model, tok, out, {"method": "magnitude"}, overwrite=True)
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hfmod"))
+    lm2 = P.load_pruned(out)
+    assert lm2.adapter.family == "phi3" and lm2.info["pruning_report"]["method"] == "magnitude"
+    ids = torch.randint(2, V, (1, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(lm2.model(ids).logits, model(ids).logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(FuncnetError):
+        P.load_pruned(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _cli(argv):
+    from funcnet.cli import main
+
+    return main(argv)
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert _cli(["prune", "--ratio", "1.5", "--out", str(tmp_path / "o")]) == 2
+    assert "ratio" in capsys.readouterr().err
+    (tmp_path / "exists").mkdir()
+    assert _cli(["prune", "--ratio", "0.2", "--out", str(tmp_path / "exists")]) == 2
+    assert "exists" in capsys.readouterr().err
+    try:
+        import funcnet.networks  # noqa: F401
+    except ImportError:
+        assert _cli(["prune", "--method", "fn", "--networks", "x", "--out", str(tmp_path / "o")]) == 2
+        assert "not available" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _cli(["prune", "--method", "bogus", "--out", str(tmp_path / "o")])
+
+
+# ------------------------------------------------------------------------------------------ real model
+@pytest.mark.integration
+def test_smollm2_flap_and_wanda_sp(tmp_path):
+    import funcnet
+
+    lm = funcnet.load_model("smollm2-135m")
+    texts = [("The history of science is the study of the development of science and scientific knowledge, "
+              "including both the natural and social sciences. " * 3) + f" Item {i}." for i in range(80)]
+    try:
+        from funcnet.corpus import load_corpus
+
+        texts = load_corpus("builtin", split="calib")
+    except Exception:
+        pass
+    st = P.calibration_stats(lm, texts, calib_tokens=8192, batch_size=16)
+    assert st.n_tokens >= 8000
+    ids = lm.tokenizer("Once upon a time, there was a little", return_tensors="pt")["input_ids"]
+    state = copy.deepcopy(lm.model.state_dict())
+    sizes = {}
+    for method in ("flap", "wanda-sp"):
+        lm.model.load_state_dict(state) if method == "flap" else None
+        model = lm.model if method == "flap" else funcnet.load_model("smollm2-135m").model
+        cur = as_loaded(model, lm.tokenizer)
+        res = P.prune(cur, 0.2, of="mlp", method=method, stats=st)
+        r = res.report
+        ppn = cur.adapter.params_per_neuron(cur.layers[5])
+        assert abs((r["params_before"]["mlp"] - r["params_after"]["mlp"]) - 0.2 * r["params_before"]["mlp"]) <= ppn
+        w = r["kept_neurons_per_layer"]
+        assert w[:3] == [1536] * 3 and w[-2:] == [1536] * 2 and min(w) < 1536
+        out = P.save_pruned(cur, lm.tokenizer, tmp_path / method, r)
+        lm2 = P.load_pruned(out)
+        with torch.no_grad():
+            a, b = model(ids).logits, lm2.model(ids).logits
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        assert lm2.model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+        sizes[method] = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    dense_size = sum(p.numel() * 4 for p in funcnet.load_model("smollm2-135m").model.parameters())
+    assert all(s < dense_size * 0.9 for s in sizes.values())

@@ -90,8 +90,8 @@ class CalibStats:
         return (self.neuron_sumsq if kind == "neurons" else self.head_sumsq)[layer]
 
 
-def _calib_texts(calib) -> tuple[list[str] | None, Any, dict]:
-    """Returns (texts, corpus object or None, identity)."""
+def _calib_texts(calib) -> tuple[list[str], Any, dict]:
+    """Returns (texts, funcnet.corpus.Corpus or None, identity)."""
     if calib is None:
         raise FuncnetError("calibration text is needed: pass calib= (texts, a corpus or a corpus spec)")
     if isinstance(calib, (str, os.PathLike)):
@@ -101,36 +101,46 @@ def _calib_texts(calib) -> tuple[list[str] | None, Any, dict]:
             raise FuncnetError(f"corpus spec '{calib}' needs funcnet.corpus, which is not available") from e
         corpus = load_corpus(str(calib), split="calib")
         texts = list(corpus.texts)
-        return texts, corpus, {"spec": str(calib), "split": "calib", "n_texts": len(texts), "sha256": sha256_text(*texts)[:16]}
+        ident = {"spec": str(calib), "split": "calib", "n_texts": len(texts),
+                 "sha256": str(getattr(corpus, "identity", "") or sha256_text(*texts))[:16]}
+        return texts, corpus, ident
     if hasattr(calib, "texts"):
-        texts = list(calib.texts)
+        texts = [str(t) for t in calib.texts]
         ident = {"spec": str(getattr(calib, "spec", getattr(calib, "name", type(calib).__name__)))}
         ident.update({"n_texts": len(texts), "sha256": sha256_text(*texts)[:16]})
-        return texts, calib, ident
+        return texts, (calib if _is_corpus(calib) else None), ident
     texts = [str(t) for t in calib]
-    if not texts:
+    if not any(t.strip() for t in texts):
         raise FuncnetError("calibration text is empty")
     return texts, None, {"spec": "texts", "n_texts": len(texts), "sha256": sha256_text(*texts)[:16]}
 
 
+def _is_corpus(obj) -> bool:
+    try:
+        from .corpus import Corpus
+    except ImportError:
+        return False
+    return isinstance(obj, Corpus)
+
+
 def _packed_batches(texts, corpus, tokenizer, max_length, max_tokens, batch_size):
-    """Yield (input_ids, attention_mask) batches of packed windows (funcnet.corpus when present)."""
+    """Yield (input_ids, attention_mask) batches of packed windows: funcnet.corpus.tokenize when it is
+    available and accepts the tokenizer, else EOS-joined windows packed here (last one partial)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     try:
-        from .corpus import Corpus, tokenize  # type: ignore
+        from .corpus import load_corpus, tokenize
     except ImportError:
         tokenize = None
     if tokenize is not None:
         try:
-            if corpus is None or not hasattr(corpus, "texts"):
-                corpus = Corpus(texts=texts) if _accepts_texts(Corpus) else None
-            if corpus is not None:
-                tc = tokenize(corpus, tokenizer, max_length=max_length, mode="packed", max_tokens=max_tokens)
-                for item in tc.batches(batch_size, pad):
-                    yield item[0], item[1]
-                return
-        except (TypeError, AttributeError) as e:  # API drift: fall back to our own packing
+            corp = corpus if corpus is not None else load_corpus([t for t in texts if t.strip()])
+            tc = tokenize(corp, tokenizer, max_length=max_length, mode="packed", max_tokens=max_tokens)
+        except (TypeError, AttributeError) as e:  # e.g. a minimal tokenizer: pack here instead
             log.debug("funcnet.corpus.tokenize unusable (%s); packing calibration text here", e)
+        else:
+            for item in tc.batches(batch_size, pad):
+                yield item[0], item[1]
+            return
     eos = tokenizer.eos_token_id
     ids: list[int] = []
     for t in texts:
@@ -152,15 +162,6 @@ def _packed_batches(texts, corpus, tokenizer, max_length, max_tokens, batch_size
             inp[r, : len(w)] = torch.tensor(w)
             mask[r, : len(w)] = 1
         yield inp, mask
-
-
-def _accepts_texts(cls) -> bool:
-    import inspect
-
-    try:
-        return "texts" in inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 @torch.no_grad()
@@ -722,6 +723,10 @@ def prune(
 
     lm = as_loaded(model, tokenizer)
     name = method if isinstance(method, str) else getattr(method, "__name__", "custom")
+    if keep_masks is not None:
+        name = "fn-threshold"
+    elif importance is not None:
+        name = getattr(importance, "method", "") or "fn"
     if isinstance(method, str) and method not in METHODS and importance is None and keep_masks is None:
         raise FuncnetError(f"unknown pruning method '{method}'; choose from {', '.join(METHODS)}")
     if keep_masks is None and importance is None and name != "fn-threshold":
@@ -844,7 +849,7 @@ def save_pruned(model, tokenizer, out_dir, report: dict | None = None, *, overwr
     cfg.architectures = ["FuncnetPrunedForCausalLM"]
     try:
         with atomic_path(out, is_dir=True) as tmp:
-            lm.model.save_pretrained(tmp, safe_serialization=True)
+            _save_weights(lm.model, tmp)
             if lm.tokenizer is not None:
                 lm.tokenizer.save_pretrained(tmp)
             (tmp / MODELING_NAME).write_text(src)
@@ -856,6 +861,17 @@ def save_pruned(model, tokenizer, out_dir, report: dict | None = None, *, overwr
             del cfg.auto_map
         cfg.architectures = old_arch
     return out
+
+
+def _save_weights(model, folder) -> None:
+    """save_pretrained with the in-memory parameter names (no legacy renaming: the custom modeling
+    class of the folder loads without transformers' per-family conversion mappings)."""
+    import inspect
+
+    kw = {}
+    if "save_original_format" in inspect.signature(model.save_pretrained).parameters:
+        kw["save_original_format"] = False
+    model.save_pretrained(folder, **kw)
 
 
 def _json_default(o):
