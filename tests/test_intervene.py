@@ -116,7 +116,7 @@ def test_resolve_formats_agree(llama):
     forms = [
         {0: mask_np, 2: mask_t},
         {0: [7, 3, 3], 2: np.array([1])},
-        [(0, 3), (2, 1), (0, 7)],
+        [(2, 1), (0, 3), (0, 7)],
         np.array([[0, 3], [0, 7], [2, 1]]),
         {0: torch.tensor([3, 7]), -1: 1},
     ]
