@@ -1,0 +1,70 @@
+"""Exploration experiments on a tiny model: result structure and that interventions move the metric."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import TEXTS, char_tokenizer, tiny_model
+from funcnet.explore import (amplification_experiment, anatomy, lesion_experiment, preservation_experiment,
+                             top_networks)
+from funcnet.models import as_loaded
+from funcnet.networks import decompose
+from funcnet.record import record
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    lm = as_loaded(tiny_model("llama", n_layers=2, inter=64, vocab=128), char_tokenizer())
+    texts = [t * 3 for t in TEXTS] * 3
+    from funcnet.corpus import load_corpus
+
+    corpus = load_corpus(texts)
+    store = record(lm, corpus, out=tmp_path_factory.mktemp("s") / "st", max_length=64, progress=False)
+    nets = decompose(store, mode="whole", n_components=4, n_init=2, method="reference", progress=False)
+    evals = {"a": TEXTS[:3] * 4, "b": TEXTS[3:] * 4}
+    return lm, store, nets, evals, corpus
+
+
+def test_lesion_structure_and_effect(setup):
+    lm, store, nets, evals, _ = setup
+    res = lesion_experiment(lm, nets, evals, top=2, n_random=2, threshold=1.0, window=16, max_windows=4,
+                            progress=False)
+    assert [c["name"] for c in res["conditions"]] == ["net %d" % i for i in res["conditions"][-1]["networks"]] + \
+        ["all 2"]
+    for c in res["conditions"]:
+        assert c["n_neurons"] > 0 and 0 < c["fraction"] < 1
+        assert len(c["random"]["a"]["ppl"]) == 2
+        # inhibiting neurons changes the model's output
+        assert c["lesioned"]["a"]["ppl"] != pytest.approx(res["baseline"]["a"]["ppl"], rel=1e-6)
+    assert res["random_fraction"]["fraction"] == 0.15
+
+
+def test_preservation_monotone_fraction(setup):
+    lm, store, _, evals, _ = setup
+    res = preservation_experiment(lm, store, evals, ks=(2, 4), n_init=2, n_random=1, threshold=1.0, window=16,
+                                  max_windows=2, progress=False)
+    fr = [r["fraction"] for r in res["rows"]]
+    assert len(fr) == 2 and all(0 < f <= 1 for f in fr)
+    assert res["rows"][0]["preserved"]["a"]["ppl"] > 0
+
+
+def test_amplification_identity_point_is_baseline(setup):
+    lm, _, nets, evals, _ = setup
+    res = amplification_experiment(lm, nets, evals, top=1, factors=(0.0, 1.0, 2.0), threshold=1.0, window=16,
+                                   max_windows=2, progress=False)
+    pts = res["curves"][0]["points"]
+    assert pts[1]["metrics"] == res["baseline"]
+    assert pts[0]["metrics"]["a"]["ppl"] != pytest.approx(pts[2]["metrics"]["a"]["ppl"], rel=1e-6)
+    assert set(res["best"]) == {"a", "b"}
+
+
+def test_anatomy_contexts_point_at_text(setup):
+    _, store, nets, _, corpus = setup
+    ids = top_networks(nets, 2, threshold=1.0)
+    res = anatomy(nets, store, corpus, networks=ids, threshold=1.0, top_tokens=3)
+    for n in res["networks"]:
+        assert sum(n["per_layer"]) == n["n_keys"]
+        values = [c["value"] for c in n["top_contexts"]]
+        assert values == sorted(values, reverse=True)
+        for c in n["top_contexts"]:
+            assert c["token"] and c["token"] in corpus.documents[c["doc"]].text
