@@ -132,6 +132,7 @@ def test_window_cutting_counts(llama, tok):
     assert window_starts(100, 30) == [0, 30, 60]
     assert window_starts(100, 30, stride=20) == [0, 20, 40, 60]
     assert window_starts(10, 30) == []
+    assert window_starts(90, 30) == [0, 30, 60] and window_starts(29, 30) == []
 
 
 def test_overlapping_stride_matches_reference(llama, tok):
@@ -191,6 +192,23 @@ def test_under_intervention(llama, tok):
     assert perplexity(llama, tok, TEXTS, window=32, progress=False).ppl == base.ppl
 
 
+def test_accelerate_offloaded_model(llama, tok):
+    """Weights offloaded by accelerate sit on 'meta': inputs go to the hook's execution device,
+    and interventions still apply."""
+    accelerate = pytest.importorskip("accelerate")
+    sel = {0: [1, 2, 3], 1: list(range(10))}
+    base = perplexity(llama, tok, TEXTS, window=32, progress=False)
+    with inhibit(llama, sel):
+        hit = perplexity(llama, tok, TEXTS, window=32, progress=False)
+    off = _llama()
+    accelerate.cpu_offload(off, execution_device=torch.device("cpu"))
+    assert off.model.embed_tokens.weight.device.type == "meta"
+    assert perplexity(off, tok, TEXTS, window=32, progress=False).ppl == pytest.approx(base.ppl, rel=1e-6)
+    with inhibit(off, sel):
+        assert perplexity(off, tok, TEXTS, window=32, progress=False).ppl == pytest.approx(hit.ppl, rel=1e-6)
+    assert hit.ppl != base.ppl
+
+
 def test_errors(llama, tok):
     with pytest.raises(FuncnetError, match="fewer than one window"):
         perplexity(llama, tok, ["tiny"], window=32, progress=False)
@@ -236,6 +254,23 @@ def test_cli_eval(llama, tok, tmp_path, monkeypatch, capsys):
     assert calls[0] == ("builtin", "eval", None)
     rc = main(["eval", "--model", str(model_dir), "--domain", "prose", "--window", "99999", "-q"])
     assert rc == 2 and "funcnet: error:" in capsys.readouterr().err
+
+
+def test_cli_eval_builtin_corpus(llama, tok, tmp_path, capsys):
+    """The real built-in corpus (evaluation split): one row per domain."""
+    corpus = pytest.importorskip("funcnet.corpus")
+    from funcnet.cli import main
+
+    model_dir = tmp_path / "tiny"
+    llama.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    out = tmp_path / "res.json"
+    assert main(["eval", "--model", str(model_dir), "--window", "32", "--max-windows", "2", "--json", str(out), "-q"]) == 0
+    data = json.loads(out.read_text())
+    assert list(data["domains"]) == list(corpus.load_corpus("builtin", split="eval").domains())
+    assert all(d["n_windows"] == 2 and d["n_tokens"] == 62 for d in data["domains"].values())
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in data["domains"])
 
 
 # ------------------------------------------------------------------------------ lm-eval bridge

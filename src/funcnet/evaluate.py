@@ -98,6 +98,24 @@ def _unwrap(model_or_loaded, tokenizer):
     return model, tokenizer
 
 
+def _input_device(model) -> torch.device:
+    """Where input ids go: the input embeddings' device, or (for weights offloaded by accelerate,
+    which sit on 'meta') the execution device of accelerate's hook."""
+    from .models import input_device
+
+    dev = input_device(model)
+    if dev.type != "meta":
+        return dev
+    emb = model.get_input_embeddings()
+    for mod in (emb, model):
+        hook = getattr(mod, "_hf_hook", None)
+        for h in [hook] + list(getattr(hook, "hooks", []) or []):
+            ex = getattr(h, "execution_device", None)
+            if ex is not None:
+                return torch.device(ex) if not isinstance(ex, int) else torch.device("cuda", ex)
+    return torch.device("cpu")
+
+
 def _context_length(model) -> int | None:
     cfg = model.config
     cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
@@ -245,9 +263,7 @@ def perplexity(
     step = window if stride is None else int(stride)
     overlap_from = max(0, window - step - 1)  # first logit position not scored by the previous window
 
-    from .models import input_device
-
-    dev = input_device(model)
+    dev = _input_device(model)
     split = _split_head(model)
     was_training = model.training
     model.eval()
@@ -365,37 +381,37 @@ def lm_eval_tasks(model_or_loaded, tokenizer=None, tasks: str | Sequence[str] = 
 
 # ------------------------------------------------------------------------------------------ CLI
 def _corpus_domains(spec: str, domain: str | None, max_docs: int | None = None) -> dict[str, list[str]]:
-    """Evaluation texts per domain of a corpus spec (duck-typed on funcnet.corpus.Corpus)."""
+    """Evaluation texts per domain of a corpus spec (duck-typed on funcnet.corpus.Corpus:
+    documents with ``.domain`` / ``.text``, or ``domains()`` + ``by_domain(name)``)."""
     from .corpus import load_corpus
 
-    kw = {"split": "eval"}
+    kw: dict[str, Any] = {"split": "eval"}
     if max_docs is not None:
         kw["max_docs"] = max_docs
     if domain is not None:
         return {domain: _texts_of(load_corpus(spec, domain=domain, **kw))}
     corpus = load_corpus(spec, **kw)
     texts = _texts_of(corpus)
-    by = getattr(corpus, "by_domain", None)
-    if callable(by):
-        groups = by()
-        return {str(k): _texts_of(v) for k, v in groups.items()}
-    per_doc = getattr(corpus, "domains", None)
-    if per_doc is not None and not callable(per_doc):
-        per_doc = list(per_doc)
-        if len(per_doc) == len(corpus.texts) and len(per_doc) > 0:
-            groups: dict[str, list[str]] = {}
-            for d, t in zip(per_doc, corpus.texts):
+    docs = getattr(corpus, "documents", None)
+    if docs and all(hasattr(d, "domain") and hasattr(d, "text") for d in docs):
+        groups: dict[str, list[str]] = {}
+        for d in docs:
+            if d.text:
+                groups.setdefault(str(d.domain), []).append(d.text)
+        return groups
+    names = getattr(corpus, "domains", None)
+    names = names() if callable(names) else names
+    if names is not None:
+        names = list(names)
+        by = getattr(corpus, "by_domain", None)
+        if len(names) == len(corpus.texts) and not callable(by):  # one domain label per document
+            groups = {}
+            for d, t in zip(names, corpus.texts):
                 if t:
                     groups.setdefault(str(d), []).append(t)
             return groups
-        if per_doc and all(isinstance(d, str) for d in per_doc):  # a list of domain names
-            return {d: _texts_of(load_corpus(spec, domain=d, **kw)) for d in per_doc}
-    docs = getattr(corpus, "documents", None) or getattr(corpus, "docs", None)
-    if docs is not None and all(hasattr(d, "domain") and hasattr(d, "text") for d in docs):
-        groups = {}
-        for d in docs:
-            groups.setdefault(str(d.domain), []).append(d.text)
-        return groups
+        if callable(by) and names:
+            return {str(d): _texts_of(by(d)) for d in names}
     return {"all": texts}
 
 
