@@ -1,0 +1,993 @@
+"""Functional-network fingerprints (FNF): does a suspect model derive from a victim model?
+
+``profile(victim)`` records the victim on a few probe texts, decomposes its activations into
+functional networks with spatial ICA (several seeds), and keeps each network's *time course* on
+every probe, aggregated onto words of the text (so models with different tokenizers can be compared).
+``compare(profile, suspect)`` builds the suspect's own networks on the same texts, correlates every
+victim network with every suspect network (Spearman, averaged over probes), matches them one to one
+(Hungarian, sign-free), and turns the matched correlations into a score, a p-value from a null
+distribution that needs no other model (suspect time courses shuffled across probes / circularly
+shifted) and a verdict: ``derived``, ``independent`` or ``inconclusive``. See docs/fingerprint.md.
+
+A profile is one small self-describing file (safetensors tensors + JSON metadata)::
+
+    prof = profile("smollm2-135m")
+    prof.save("victim.fnf")
+    res = compare("victim.fnf", "my-suspect-model")
+    print(res.verdict, res.score, res.p_value)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .errors import FuncnetError
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "funcnet-fingerprint-profile"
+FORMAT_VERSION = 1
+
+#: Verdict thresholds on the score (mean matched |rho| of the top networks); calibrated on the
+#: robustness suite (benchmarks/fingerprint_suite.py, docs/fingerprint.md).
+T_HIGH = 0.60
+T_LOW = 0.45
+ALPHA = 0.01
+
+#: The built-in probe texts: diverse prose, code, math, dialogue, lists. Short enough that every
+#: probe fits in 256 tokens of any common tokenizer. Never change them (profiles store their own
+#: probe texts, so older profiles keep working; new defaults would get a new list).
+DEFAULT_PROBES: tuple[str, ...] = (
+    # 1 narrative prose
+    "The lighthouse keeper climbed the narrow stairs every evening at dusk. He carried a small tin of oil, "
+    "a cloth, and a notebook in which he wrote down the weather, the ships he saw, and the colour of the sea. "
+    "One winter the storms lasted for nine days. The supply boat could not reach the island, so he rationed "
+    "his bread and burned old newspapers to keep warm. When the sky finally cleared, he counted fourteen "
+    "fishing boats returning to the harbour, and he felt, for the first time in years, that his work mattered.",
+    # 2 expository science
+    "Photosynthesis converts light energy into chemical energy. In the chloroplasts of plant cells, chlorophyll "
+    "absorbs mostly red and blue light and reflects green, which is why leaves look green. The light-dependent "
+    "reactions split water molecules, release oxygen, and produce ATP and NADPH. In the Calvin cycle, the "
+    "enzyme RuBisCO fixes carbon dioxide into three-carbon sugars. Although RuBisCO is slow and sometimes "
+    "binds oxygen by mistake, it is probably the most abundant protein on Earth.",
+    # 3 Python code
+    "def merge_sorted(a, b):\n"
+    "    \"\"\"Merge two sorted lists into one sorted list.\"\"\"\n"
+    "    result = []\n"
+    "    i = j = 0\n"
+    "    while i < len(a) and j < len(b):\n"
+    "        if a[i] <= b[j]:\n"
+    "            result.append(a[i])\n"
+    "            i += 1\n"
+    "        else:\n"
+    "            result.append(b[j])\n"
+    "            j += 1\n"
+    "    result.extend(a[i:])\n"
+    "    result.extend(b[j:])\n"
+    "    return result\n\n\n"
+    "print(merge_sorted([1, 4, 9], [2, 3, 10, 11]))\n",
+    # 4 arithmetic word problems
+    "Q: A train leaves at 9:15 and arrives at 11:40. How long is the journey?\n"
+    "A: From 9:15 to 11:15 is 2 hours, and from 11:15 to 11:40 is 25 minutes, so the journey takes "
+    "2 hours 25 minutes.\n\n"
+    "Q: What is 17 * 24?\nA: 17 * 24 = 17 * 20 + 17 * 4 = 340 + 68 = 408.\n\n"
+    "Q: Solve 3x + 7 = 31.\nA: Subtract 7 from both sides: 3x = 24. Divide by 3: x = 8.\n\n"
+    "Q: Is 91 a prime number?\nA: No, because 91 = 7 * 13.",
+    # 5 dialogue
+    "\"Did you lock the back door?\" Maria asked, pulling on her coat.\n"
+    "\"I think so,\" said Tom. \"Actually, no. I'm not sure.\"\n"
+    "\"You're never sure.\" She sighed and walked back through the kitchen. The door was open, and a cold "
+    "wind was blowing leaves across the tiles. \"See? Wide open.\"\n"
+    "\"Well, at least the cat didn't get out,\" Tom said.\n"
+    "Maria looked around. \"Where is the cat?\"\n"
+    "They stared at each other for a long moment, and then both of them ran outside, calling her name.",
+    # 6 history / encyclopedic
+    "The printing press with movable type was developed in Mainz around 1450 by Johannes Gutenberg. "
+    "Earlier presses had been used for pressing grapes and paper, but Gutenberg combined a screw press with "
+    "metal type cast in a hand mould and an oil-based ink. By 1500, printers in more than two hundred European "
+    "cities had produced millions of books. The cost of books fell sharply, literacy spread, and scholars "
+    "could compare identical copies of the same text for the first time.",
+    # 7 instructions / list
+    "How to repot a houseplant:\n"
+    "1. Water the plant a day before, so the roots hold together.\n"
+    "2. Choose a new pot that is about two centimetres wider than the old one.\n"
+    "3. Put a layer of fresh soil at the bottom.\n"
+    "4. Turn the old pot upside down, support the stem between your fingers, and tap the rim gently.\n"
+    "5. Loosen circling roots and cut off any that are black or soft.\n"
+    "6. Set the plant in the new pot, fill the gaps with soil, and press lightly.\n"
+    "7. Water thoroughly and keep it out of direct sun for a week.",
+    # 8 data / config
+    "{\n  \"name\": \"weather-station\",\n  \"version\": \"2.3.1\",\n  \"sensors\": [\n"
+    "    {\"id\": 1, \"type\": \"temperature\", \"unit\": \"celsius\", \"interval\": 60},\n"
+    "    {\"id\": 2, \"type\": \"humidity\", \"unit\": \"percent\", \"interval\": 60},\n"
+    "    {\"id\": 3, \"type\": \"wind_speed\", \"unit\": \"m/s\", \"interval\": 10}\n  ],\n"
+    "  \"upload\": {\"url\": \"https://example.org/api/v1/readings\", \"retries\": 3, \"timeout\": 5.0},\n"
+    "  \"enabled\": true\n}",
+    # 9 argument / opinion
+    "Cities should plant more trees, and not only for their beauty. A mature tree can lower the temperature "
+    "of the street beneath it by several degrees on a hot afternoon, which reduces the demand for air "
+    "conditioning. Trees absorb rainwater that would otherwise flood the drains, and they filter dust from "
+    "the air. Critics say that roots damage pavements and that leaves block gutters. These problems are real, "
+    "but they are cheap to solve compared with the costs of heat waves and floods.",
+    # 10 algebra / definitions
+    "Definition. A function f from a set A to a set B is injective if f(x) = f(y) implies x = y for all x "
+    "and y in A. It is surjective if for every b in B there is some a in A with f(a) = b. A function that is "
+    "both injective and surjective is called bijective, and it has an inverse function g with g(f(x)) = x. "
+    "For example, f(x) = 2x + 1 on the real numbers is bijective, with inverse g(y) = (y - 1) / 2, while "
+    "f(x) = x^2 is neither injective nor surjective.",
+)
+
+UNIT_PATTERNS = {"words": r"\w+|[^\w\s]+", "chars": r"\S"}
+SIGNAL_CHOICES = ("residual", "neurons", "both")
+
+
+# =============================================================================== text units
+def unit_spans(text: str, units: str = "words") -> np.ndarray:
+    """Character spans [n, 2] of the shared text units: ``words`` (runs of word characters or of
+    punctuation) or ``chars`` (every non-space character)."""
+    if units not in UNIT_PATTERNS:
+        raise FuncnetError(f"unknown units {units!r}; choose words or chars")
+    spans = [(m.start(), m.end()) for m in re.finditer(UNIT_PATTERNS[units], text)]
+    return np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+
+
+def tokens_to_units(values: np.ndarray, token_spans: np.ndarray, spans: np.ndarray) -> np.ndarray:
+    """Aggregate token-level ``values`` [T, K] onto text units: each unit gets the mean of the tokens
+    whose character span overlaps it (NaN if no token covers it, e.g. after truncation).
+
+    Tokens with empty spans (BOS and other special tokens) never count. This is how two models with
+    different tokenizers get time courses of equal length, aligned on the same words."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 1:
+        values = values[:, None]
+    tsp = np.asarray(token_spans, dtype=np.int64).reshape(-1, 2)
+    n_units = len(spans)
+    out = np.full((n_units, values.shape[1]), np.nan)
+    if n_units == 0 or len(tsp) == 0:
+        return out
+    ts, te = tsp[:, 0], tsp[:, 1]
+    valid = te > ts
+    us, ue = spans[:, 0], spans[:, 1]
+    # overlap[u, t] = token t intersects unit u
+    overlap = (ts[None, :] < ue[:, None]) & (te[None, :] > us[:, None]) & valid[None, :]
+    counts = overlap.sum(1)
+    sums = overlap.astype(np.float64) @ np.nan_to_num(values)
+    has = counts > 0
+    out[has] = sums[has] / counts[has, None]
+    return out
+
+
+# =============================================================================== decomposition
+def _standardize(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float32)
+    mu = X.mean(0, keepdims=True)
+    sd = X.std(0, keepdims=True)
+    sd[sd < 1e-6] = 1.0
+    Z = (X - mu) / sd
+    # massive outlier activations (attention sinks) would dominate the decomposition
+    np.clip(Z, -8.0, 8.0, out=Z)
+    return Z
+
+
+def _reduce(Z: np.ndarray, k: int) -> np.ndarray:
+    """Top-k spatial principal directions of Z [T, F] as a whitened [F, k] matrix (Gram + eigh)."""
+    Zt = torch.from_numpy(Z)
+    G = (Zt @ Zt.T).double()
+    evals, evecs = torch.linalg.eigh(G)
+    evals, evecs = evals.flip(0)[:k], evecs.flip(1)[:, :k]
+    evals = evals.clamp_min(1e-9)
+    U = (Zt.T.double() @ evecs) / evals.sqrt()  # [F, k], orthonormal columns
+    return (U * math.sqrt(U.shape[0])).numpy()  # unit variance per column
+
+
+def _fastica_cube(Y: np.ndarray, seed: int, max_iter: int = 300, tol: float = 1e-5) -> np.ndarray:
+    """Symmetric FastICA with the cube contrast on whitened samples Y [n, k] -> sources [n, k]."""
+    rng = np.random.default_rng(seed)
+    k = Y.shape[1]
+    W = rng.standard_normal((k, k))
+
+    def sym(W):
+        s, u = np.linalg.eigh(W @ W.T)
+        return (u * (1.0 / np.sqrt(np.maximum(s, 1e-12)))) @ u.T @ W
+
+    W = sym(W)
+    n = Y.shape[0]
+    for _ in range(max_iter):
+        S = Y @ W.T
+        W1 = sym((S ** 3).T @ Y / n - 3.0 * np.mean(S ** 2, axis=0)[:, None] * W)
+        lim = np.max(np.abs(np.abs(np.einsum("ij,ij->i", W1, W)) - 1.0))
+        W = W1
+        if lim < tol:
+            break
+    return Y @ W.T
+
+
+def _ica_maps(Z: np.ndarray, k: int, seeds: Sequence[int], backend: str) -> list[np.ndarray]:
+    """One [k, F] array of z-scored spatial maps (heaviest tail positive) per seed."""
+    if backend == "canica":
+        from .ica import CanICA
+
+        out = []
+        for s in seeds:
+            est = CanICA(n_components=k, n_init=1, fun="cube", method="reference", random_state=int(s),
+                         standardize=False).fit(Z)
+            out.append(np.asarray(est.components_, dtype=np.float64))
+        return out
+    Y = _reduce(Z, k)
+    out = []
+    for s in seeds:
+        S = _fastica_cube(Y.astype(np.float64), int(s)).T  # [k, F]
+        S = (S - S.mean(1, keepdims=True)) / np.maximum(S.std(1, keepdims=True), 1e-12)
+        skew = (S ** 3).mean(1)
+        S *= np.where(skew < 0, -1.0, 1.0)[:, None]
+        out.append(S)
+    return out
+
+
+def _default_backend() -> str:
+    env = os.environ.get("FUNCNET_FINGERPRINT_ICA")
+    if env:
+        return env
+    return "internal"
+
+
+# =============================================================================== profile
+@dataclass
+class Profile:
+    """Networks of one model on the probe texts, as word-level time courses.
+
+    ``timecourses`` [n_seeds, k, n_units_total] (NaN where no token covers a unit); probe ``p`` owns
+    columns ``unit_offsets[p]:unit_offsets[p+1]``; ``unit_spans`` [n_units_total, 2] char spans into
+    ``probes[p]``. ``key_units[s][j]`` = indices of the key units (features) of network j of seed s.
+    """
+
+    probes: list[str]
+    timecourses: np.ndarray
+    unit_offsets: np.ndarray
+    unit_spans: np.ndarray
+    key_units: list[list[np.ndarray]]
+    params: dict
+    model: dict
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_seeds(self) -> int:
+        return int(self.timecourses.shape[0])
+
+    @property
+    def n_networks(self) -> int:
+        return int(self.timecourses.shape[1])
+
+    def probe_timecourses(self, p: int) -> np.ndarray:
+        """[n_seeds, k, n_units of probe p]."""
+        return self.timecourses[:, :, self.unit_offsets[p]:self.unit_offsets[p + 1]]
+
+    def __repr__(self) -> str:
+        return (f"Profile(model={self.model.get('spec')!r}, {len(self.probes)} probes, "
+                f"{self.n_seeds} seeds x {self.n_networks} networks, signals={self.params.get('signals')!r})")
+
+    # ------------------------------------------------------------------ I/O
+    def save(self, path: str | os.PathLike) -> Path:
+        from safetensors.numpy import save_file
+
+        from ._io import atomic_path
+
+        path = Path(path)
+        ku_flat, ku_off = [], [0]
+        for per_seed in self.key_units:
+            for idx in per_seed:
+                ku_flat.append(np.asarray(idx, dtype=np.int64))
+                ku_off.append(ku_off[-1] + len(idx))
+        tensors = {
+            "timecourses": np.ascontiguousarray(self.timecourses, dtype=np.float32),
+            "unit_offsets": np.asarray(self.unit_offsets, dtype=np.int64),
+            "unit_spans": np.ascontiguousarray(self.unit_spans, dtype=np.int64),
+            "key_units": np.concatenate(ku_flat) if ku_flat else np.zeros(0, np.int64),
+            "key_unit_offsets": np.asarray(ku_off, dtype=np.int64),
+        }
+        meta = {
+            "format": FORMAT_NAME,
+            "format_version": str(FORMAT_VERSION),
+            "funcnet_version": _version(),
+            "model": json.dumps(self.model),
+            "params": json.dumps(self.params),
+            "probes": json.dumps(self.probes),
+            "meta": json.dumps(self.meta, default=str),
+        }
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Profile":
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FuncnetError(f"fingerprint profile {path} does not exist")
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != FORMAT_NAME:
+                    raise FuncnetError(f"{path} is not a funcnet fingerprint profile")
+                ver = meta.get("format_version")
+                if ver != str(FORMAT_VERSION):
+                    raise FuncnetError(
+                        f"{path} is a fingerprint profile of format version {ver} (written by funcnet "
+                        f"{meta.get('funcnet_version')}); this funcnet ({_version()}) reads version {FORMAT_VERSION}: "
+                        "re-create it with `funcnet fingerprint profile`")
+                t = {k: f.get_tensor(k) for k in f.keys()}
+            probes = json.loads(meta["probes"])
+            params = json.loads(meta["params"])
+            model = json.loads(meta["model"])
+            extra = json.loads(meta.get("meta", "{}"))
+            tc = t["timecourses"]
+            off = t["unit_offsets"]
+            spans = t["unit_spans"]
+            ko = t["key_unit_offsets"]
+            kf = t["key_units"]
+        except FuncnetError:
+            raise
+        except Exception as e:  # safetensors header errors, JSON errors, missing keys
+            raise FuncnetError(f"{path} is corrupted or not a fingerprint profile ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0][:120] if str(e) else 'unreadable'})") from None
+        n_seeds, k = (tc.shape[0], tc.shape[1]) if tc.ndim == 3 else (0, 0)
+        if (tc.ndim != 3 or len(off) != len(probes) + 1 or off[-1] != tc.shape[2] or len(spans) != tc.shape[2]
+                or len(ko) != n_seeds * k + 1 or ko[-1] != len(kf)):
+            raise FuncnetError(f"{path} is corrupted: its tensors do not fit together")
+        key_units = [[kf[ko[s * k + j]:ko[s * k + j + 1]] for j in range(k)] for s in range(n_seeds)]
+        return cls(probes=probes, timecourses=tc.astype(np.float32), unit_offsets=off, unit_spans=spans,
+                   key_units=key_units, params=params, model=model, meta=extra)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _check_probes(probes) -> list[str]:
+    if probes is None:
+        return list(DEFAULT_PROBES)
+    if isinstance(probes, (str, os.PathLike)) and Path(probes).is_file():
+        return read_probes(probes)
+    if isinstance(probes, str):
+        raise FuncnetError("probes must be a list of texts or a file of texts (blank-line separated or .jsonl)")
+    probes = list(probes)
+    if not probes:
+        raise FuncnetError("no probe texts given")
+    for i, p in enumerate(probes):
+        if not isinstance(p, str):
+            raise FuncnetError(f"probe {i} is a {type(p).__name__}, not a string")
+        if not re.search(UNIT_PATTERNS["words"], p):
+            raise FuncnetError(f"probe {i} has no words (blank or whitespace only)")
+    return probes
+
+
+def read_probes(path: str | os.PathLike) -> list[str]:
+    """Probe texts from a file: ``.jsonl`` (one string or {"text": ...} per line) or plain text with
+    probes separated by blank lines."""
+    path = Path(path)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise FuncnetError(f"cannot read probe file {path}: {e}") from None
+    if path.suffix == ".jsonl":
+        texts = []
+        for n, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                raise FuncnetError(f"{path}:{n} is not valid JSON") from None
+            texts.append(obj["text"] if isinstance(obj, dict) and "text" in obj else obj)
+    else:
+        texts = [b.strip("\n") for b in re.split(r"\n[ \t]*\n", raw) if b.strip()]
+    if not texts:
+        raise FuncnetError(f"probe file {path} has no texts")
+    return _check_probes(texts)
+
+
+def _record(lm, probes: list[str], signals: str, max_length: int):
+    """Token activations [T, F] of all layers, token spans, and per-probe token ranges."""
+    from .corpus import Corpus, Document, tokenize
+    from .record import collect
+
+    corpus = Corpus("fingerprint-probes", [Document(t, i, f"probe:{i}", "text") for i, t in enumerate(probes)])
+    if lm.tokenizer is None:
+        raise FuncnetError("the model has no tokenizer: pass a LoadedModel or (model, tokenizer)")
+    try:
+        tok = tokenize(corpus, lm.tokenizer, max_length=max_length, mode="documents")
+    except FuncnetError as e:
+        raise FuncnetError(f"the probe texts tokenize to nothing with this tokenizer ({e})") from None
+    seen = {int(s.doc_ids[0]) for s in tok.sequences if len(s.doc_ids)}
+    missing = [i for i in range(len(probes)) if i not in seen]
+    if missing:
+        raise FuncnetError(f"probe {missing[0]} tokenizes to nothing (only special tokens) with this tokenizer")
+    sig = {"residual": ("residual",), "neurons": ("neurons",), "both": ("residual", "neurons")}[signals]
+    try:
+        acts = collect(lm, tok, signals=sig, layers="all", batch_size=4, max_length=max_length)
+    except FuncnetError:
+        raise
+    except Exception as e:
+        raise FuncnetError(f"the model cannot run the probe texts: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:160] if str(e) else ''}") from None
+    keys = sorted(acts, key=lambda k: (sig.index(k[1]), k[0]))
+    X = np.concatenate([acts[k] for k in keys], axis=1)
+    spans = np.concatenate([np.asarray(s.char_spans, np.int64).reshape(-1, 2) for s in tok.sequences])
+    lengths = [len(s.input_ids) for s in tok.sequences]
+    doc_of = [int(s.doc_ids[0]) for s in tok.sequences]
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    ranges = {d: (int(bounds[i]), int(bounds[i + 1])) for i, d in enumerate(doc_of)}
+    if not np.isfinite(X).all():
+        raise FuncnetError("the model produced NaN or infinite activations on the probe texts")
+    return X, spans, ranges, [f"{l}:{s}" for l, s in keys]
+
+
+def _max_components(n_tokens: int, n_features: int) -> int:
+    return int(max(0, min(n_tokens // 4, n_features // 2)))
+
+
+def profile(
+    model,
+    probes: Sequence[str] | str | os.PathLike | None = None,
+    *,
+    tokenizer=None,
+    signals: str = "residual",
+    n_components: int | None = None,
+    n_seeds: int = 3,
+    threshold: float = 3.6,
+    max_length: int = 256,
+    units: str = "words",
+    seed: int = 0,
+    backend: str | None = None,
+) -> Profile:
+    """Fingerprint profile of ``model`` (spec, LoadedModel, or HF model with ``tokenizer``).
+
+    Records every layer's ``signals`` ("residual" block outputs, MLP "neurons", or "both") on the
+    probe texts (default: :data:`DEFAULT_PROBES`), z-scores each unit over tokens, decomposes with
+    spatial ICA for ``n_seeds`` seeds (k = ``n_components``, default 64 capped by the data), keeps
+    the units with map z > ``threshold`` (sign-aware) as each network's key units, and stores every
+    network's time course (signed mean of its key units per token) aggregated onto ``units``.
+    """
+    from .models import as_loaded
+
+    t0 = time.perf_counter()
+    if signals not in SIGNAL_CHOICES:
+        raise FuncnetError(f"unknown signals {signals!r}; choose residual, neurons or both")
+    if units not in UNIT_PATTERNS:
+        raise FuncnetError(f"unknown units {units!r}; choose words or chars")
+    if n_seeds < 1:
+        raise FuncnetError("n_seeds must be at least 1")
+    probes = _check_probes(probes)
+    lm = as_loaded(model, tokenizer)
+    backend = backend or _default_backend()
+    X, tok_spans, ranges, feat_keys = _record(lm, probes, signals, max_length)
+    # tokens that take part: not special (empty span), not the first token of a probe (attention sink)
+    use = tok_spans[:, 1] > tok_spans[:, 0]
+    for a, b in ranges.values():
+        nz = np.nonzero(use[a:b])[0]
+        if len(nz) > 1:
+            use[a + nz[0]] = False
+    Z = _standardize(X[use])
+    n_tok, n_feat = Z.shape
+    cap = _max_components(n_tok, n_feat)
+    if n_components is None:
+        k = min(64, cap)
+        if k < 2:
+            raise FuncnetError(f"too little data for networks: {n_tok} tokens x {n_feat} units "
+                               "(give longer or more probe texts)")
+    else:
+        k = int(n_components)
+        if k < 2:
+            raise FuncnetError("n_components must be at least 2")
+        if k > cap:
+            raise FuncnetError(f"too few tokens/units for {k} networks: {n_tok} tokens x {n_feat} units allow "
+                               f"at most {cap} (use fewer networks or more/longer probes)")
+    seeds = [seed + 1000 * i for i in range(n_seeds)]
+    t1 = time.perf_counter()
+    maps = _ica_maps(Z, k, seeds, backend)
+    t2 = time.perf_counter()
+    # standardized activations of all tokens (incl. the excluded ones, with the same mean/sd)
+    Xf = np.asarray(X, np.float32)
+    mu, sd = Xf[use].mean(0), Xf[use].std(0)
+    sd[sd < 1e-6] = 1.0
+    all_spans = []
+    unit_offsets = [0]
+    per_probe_units = []
+    for p, text in enumerate(probes):
+        sp = unit_spans(text, units)
+        per_probe_units.append(sp)
+        all_spans.append(sp)
+        unit_offsets.append(unit_offsets[-1] + len(sp))
+    tc = np.full((n_seeds, k, unit_offsets[-1]), np.nan, dtype=np.float32)
+    key_units: list[list[np.ndarray]] = []
+    min_units = 3
+    for s, M in enumerate(maps):
+        keys_s, weights = [], np.zeros((n_feat, k), dtype=np.float32)
+        for j in range(k):
+            m = M[j]
+            idx = np.nonzero(np.abs(m) > threshold)[0]
+            if len(idx) < min_units:
+                idx = np.argsort(-np.abs(m))[:min_units]
+            idx = np.sort(idx)
+            keys_s.append(idx.astype(np.int64))
+            weights[idx, j] = np.sign(m[idx]) / len(idx)
+        key_units.append(keys_s)
+        for p in range(len(probes)):
+            a, b = ranges[p]
+            Zp = np.clip((Xf[a:b] - mu) / sd, -8.0, 8.0)
+            tok_tc = Zp @ weights  # [T_p, k]
+            ok = use[a:b]
+            spans_p = tok_spans[a:b].copy()
+            spans_p[~ok] = 0  # excluded tokens do not cover any unit
+            tc[s, :, unit_offsets[p]:unit_offsets[p + 1]] = tokens_to_units(tok_tc, spans_p, per_probe_units[p]).T
+    tok_name = str(getattr(lm.tokenizer, "name_or_path", "") or type(lm.tokenizer).__name__)
+    cfg = lm.model.config
+    model_info = {
+        "spec": lm.spec, "identity": lm.identity, "family": lm.adapter.family, "n_layers": lm.n_layers,
+        "model_type": getattr(cfg, "model_type", None), "tokenizer": tok_name, "n_units": int(n_feat),
+    }
+    params = {"signals": signals, "n_components": k, "n_components_requested": n_components, "n_seeds": n_seeds,
+              "threshold": float(threshold), "max_length": int(max_length), "units": units, "seed": int(seed),
+              "backend": backend}
+    meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "n_tokens": int(n_tok),
+            "n_probe_tokens": {str(p): int(b - a) for p, (a, b) in ranges.items()},
+            "key_unit_counts": [[int(len(i)) for i in ks] for ks in key_units],
+            "timing_s": {"record": round(t1 - t0, 3), "ica": round(t2 - t1, 3),
+                         "total": round(time.perf_counter() - t0, 3)}}
+    return Profile(probes=list(probes), timecourses=tc, unit_offsets=np.asarray(unit_offsets, np.int64),
+                   unit_spans=np.concatenate(all_spans) if all_spans else np.zeros((0, 2), np.int64),
+                   key_units=key_units, params=params, model=model_info, meta=meta)
+
+
+# =============================================================================== compare
+def _rank_rows(A: np.ndarray) -> np.ndarray:
+    """Row-wise ranks, centered and scaled to unit norm (so a dot product is Spearman's rho)."""
+    from scipy.stats import rankdata
+
+    R = rankdata(A, axis=1).astype(np.float64)
+    R -= R.mean(1, keepdims=True)
+    n = np.linalg.norm(R, axis=1, keepdims=True)
+    n[n < 1e-12] = np.inf  # constant series: correlation 0
+    return R / n
+
+
+def _resample(x: np.ndarray, n: int) -> np.ndarray:
+    """Linear interpolation of rows of x [k, m] to length n (null distribution only)."""
+    m = x.shape[1]
+    if m == n:
+        return x
+    if m == 1:
+        return np.repeat(x, n, axis=1)
+    src = np.linspace(0.0, 1.0, m)
+    dst = np.linspace(0.0, 1.0, n)
+    return np.stack([np.interp(dst, src, row) for row in x])
+
+
+def _corr_matrix(V: list[np.ndarray], S: list[np.ndarray], *, min_units: int = 5) -> np.ndarray:
+    """Mean over probes of Spearman rho between rows of V[p] [kv, n_p] and S[p] [ks, n_p] (NaN
+    columns dropped pairwise per probe)."""
+    acc, cnt = None, 0
+    for v, s in zip(V, S):
+        ok = np.isfinite(v).all(0) & np.isfinite(s).all(0)
+        if ok.sum() < min_units:
+            continue
+        r = _rank_rows(v[:, ok]) @ _rank_rows(s[:, ok]).T
+        acc = r if acc is None else acc + r
+        cnt += 1
+    if cnt == 0:
+        raise FuncnetError("victim and suspect share no text units with time courses on any probe")
+    return acc / cnt
+
+
+def _match(R: np.ndarray):
+    from scipy.optimize import linear_sum_assignment
+
+    A = np.abs(R)
+    rows, cols = linear_sum_assignment(-A)
+    order = np.argsort(-A[rows, cols])
+    return rows[order], cols[order], R[rows[order], cols[order]]
+
+
+def _score_from_matched(absr: np.ndarray, top: int) -> float:
+    return float(np.mean(absr[:top])) if len(absr) else 0.0
+
+
+@dataclass
+class FingerprintResult:
+    score: float
+    p_value: float
+    verdict: str
+    pairs: list[dict]
+    null: dict
+    thresholds: dict
+    victim: dict
+    suspect: dict
+    params: dict
+    timing: dict
+    curves: list[dict] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict:
+        return {
+            "score": self.score, "p_value": self.p_value, "verdict": self.verdict,
+            "thresholds": self.thresholds, "pairs": self.pairs, "null": self.null,
+            "victim": self.victim, "suspect": self.suspect, "params": self.params, "timing": self.timing,
+            "funcnet_version": _version(),
+        }
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        s = json.dumps(self.to_dict(), indent=2, default=_json_default)
+        if path is not None:
+            from ._io import atomic_path
+
+            with atomic_path(path) as tmp:
+                tmp.write_text(s)
+        return s
+
+    def summary(self, n_pairs: int = 10) -> str:
+        lines = [
+            f"victim:  {self.victim.get('spec')} ({self.victim.get('family')}, {self.victim.get('n_layers')} layers)",
+            f"suspect: {self.suspect.get('spec')} ({self.suspect.get('family')}, {self.suspect.get('n_layers')} layers)",
+            f"score    {self.score:.3f}   (derived >= {self.thresholds['t_high']:.2f}, independent < "
+            f"{self.thresholds['t_low']:.2f})",
+            f"p-value  {self.p_value:.4f}   (null: {self.null['n']} shuffled/shifted comparisons, mean "
+            f"{self.null['mean']:.3f}, sd {self.null['sd']:.3f}, max {self.null['max']:.3f}; alpha {self.thresholds['alpha']})",
+            f"verdict  {self.verdict.upper()}",
+            "",
+            "top matched networks (victim seed:net  suspect seed:net  rho)",
+        ]
+        for p in self.pairs[:n_pairs]:
+            lines.append(f"  {p['victim']:>8}  {p['suspect']:>8}  {p['rho']:+.3f}")
+        return "\n".join(lines)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _pooled(prof: Profile) -> list[np.ndarray]:
+    """Per probe: the time courses of every network of every seed, [n_seeds * k, n_units]."""
+    out = []
+    for p in range(len(prof.probes)):
+        x = prof.probe_timecourses(p).astype(np.float64)
+        out.append(x.reshape(-1, x.shape[-1]))
+    return out
+
+
+def _labels(prof: Profile) -> list[str]:
+    return [f"{s}:{j}" for s in range(prof.n_seeds) for j in range(prof.n_networks)]
+
+
+def compare(
+    victim,
+    suspect,
+    *,
+    tokenizer=None,
+    n_null: int = 200,
+    top: int | None = None,
+    alpha: float = ALPHA,
+    t_high: float = T_HIGH,
+    t_low: float = T_LOW,
+    suspect_profile: Profile | None = None,
+    seed: int = 0,
+) -> FingerprintResult:
+    """Compare a victim profile (a :class:`Profile` or a path) with a suspect model.
+
+    The suspect gets its own profile on the victim's probe texts with the victim's parameters. All
+    networks of all ICA seeds of both models are pooled; victim and suspect networks are matched one
+    to one (Hungarian on |rho|, rho = Spearman correlation of word-level time courses averaged over
+    probes). ``score`` = mean |rho| of the ``top`` best matched pairs (default: k, the number of
+    networks per seed). The p-value compares the score with ``n_null`` scores of the same pipeline
+    where the suspect's time courses are taken from another probe (derangement, resampled to the
+    victim's length) or circularly shifted within each probe:
+    p = (1 + #{null >= score}) / (1 + n_null).
+    Verdict: derived if p < alpha and score >= t_high; independent if score < t_low or p >= alpha;
+    inconclusive otherwise.
+    """
+    t0 = time.perf_counter()
+    vp = victim if isinstance(victim, Profile) else Profile.load(victim)
+    if suspect_profile is None:
+        kw = {k: vp.params[k] for k in ("signals", "n_seeds", "threshold", "max_length", "units", "seed")}
+        kw["n_components"] = vp.params.get("n_components_requested")
+        if kw["n_components"] is not None:
+            kw["n_components"] = vp.params["n_components"]
+        try:
+            sp = profile(suspect, vp.probes, tokenizer=tokenizer, backend=vp.params.get("backend"), **kw)
+        except FuncnetError as e:
+            raise FuncnetError(f"suspect: {e}") from None
+    else:
+        sp = suspect_profile
+    t1 = time.perf_counter()
+    V, S = _pooled(vp), _pooled(sp)
+    R = _corr_matrix(V, S)
+    rows, cols, rho = _match(R)
+    m = int(top or min(vp.n_networks, sp.n_networks))
+    m = max(1, min(m, len(rho)))
+    score = _score_from_matched(np.abs(rho), m)
+
+    # null distribution: no other model needed
+    rng = np.random.default_rng(seed)
+    n_probes = len(vp.probes)
+    null = []
+    kinds = []
+    for i in range(n_null):
+        if n_probes >= 2 and i % 2 == 0:
+            perm = _derangement(n_probes, rng)
+            S_null = []
+            for p in range(n_probes):
+                src = S[perm[p]]
+                src = src[:, np.isfinite(src).all(0)]
+                okv = np.isfinite(V[p]).all(0)
+                tgt = np.full((src.shape[0], V[p].shape[1]), np.nan)
+                if src.shape[1] >= 2 and okv.sum() >= 2:
+                    tgt[:, okv] = _resample(src, int(okv.sum()))
+                S_null.append(tgt)
+            kinds.append("probe-shuffle")
+        else:
+            S_null = []
+            for p in range(n_probes):
+                n = S[p].shape[1]
+                shift = int(rng.integers(max(1, n // 10), max(2, n - n // 10))) if n > 2 else 0
+                S_null.append(np.roll(S[p], shift, axis=1))
+            kinds.append("circular-shift")
+        try:
+            Rn = _corr_matrix(V, S_null)
+        except FuncnetError:
+            continue
+        _, _, rn = _match(Rn)
+        null.append(_score_from_matched(np.abs(rn), m))
+    null = np.asarray(null)
+    p_value = float((1 + np.sum(null >= score)) / (1 + len(null)))
+    if p_value < alpha and score >= t_high:
+        verdict = "derived"
+    elif score < t_low or p_value >= alpha:
+        verdict = "independent"
+    else:
+        verdict = "inconclusive"
+    t2 = time.perf_counter()
+
+    vl, sl = _labels(vp), _labels(sp)
+    pairs = [{"victim": vl[r], "suspect": sl[c], "rho": float(x)} for r, c, x in zip(rows, cols, rho)]
+    kinds_arr = np.asarray(kinds[:len(null)])
+    null_stats = {"n": int(len(null)), "mean": float(null.mean()) if len(null) else float("nan"),
+                  "sd": float(null.std()) if len(null) else float("nan"),
+                  "max": float(null.max()) if len(null) else float("nan"),
+                  "z": float((score - null.mean()) / max(null.std(), 1e-12)) if len(null) else float("nan"),
+                  "by_kind": {k: {"mean": float(null[kinds_arr == k].mean()), "max": float(null[kinds_arr == k].max())}
+                              for k in sorted(set(kinds_arr.tolist()))}}
+    curves = []
+    for r, c, x in list(zip(rows, cols, rho))[:6]:
+        pr = int(np.argmax([len(v[0]) for v in V]))  # longest probe
+        curves.append({"victim": vl[r], "suspect": sl[c], "rho": float(x), "probe": pr,
+                       "victim_tc": V[pr][r].tolist(), "suspect_tc": S[pr][c].tolist()})
+    sp_model = dict(sp.model)
+    return FingerprintResult(
+        score=score, p_value=p_value, verdict=verdict, pairs=pairs, null=null_stats,
+        thresholds={"t_high": t_high, "t_low": t_low, "alpha": alpha, "top": m},
+        victim=dict(vp.model), suspect=sp_model,
+        params={**vp.params, "n_null": n_null, "n_probes": n_probes},
+        timing={"suspect_profile_s": round(t1 - t0, 3), "compare_s": round(t2 - t1, 3),
+                "total_s": round(time.perf_counter() - t0, 3)},
+        curves=curves,
+    )
+
+
+def _derangement(n: int, rng) -> np.ndarray:
+    while True:
+        p = rng.permutation(n)
+        if not np.any(p == np.arange(n)):
+            return p
+
+
+def plot_matched(result: FingerprintResult, path: str | os.PathLike, n: int = 4) -> Path:
+    """Plot the best matched victim/suspect time courses (z-scored, sign-aligned) on one probe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ._io import atomic_path
+
+    curves = result.curves[:n]
+    if not curves:
+        raise FuncnetError("the result has no matched time courses to plot")
+    fig, axes = plt.subplots(len(curves), 1, figsize=(10, 1.9 * len(curves) + 0.6), squeeze=False)
+    for ax, c in zip(axes[:, 0], curves):
+        v = np.asarray(c["victim_tc"], float)
+        s = np.asarray(c["suspect_tc"], float) * (1 if c["rho"] >= 0 else -1)
+        z = lambda x: (x - np.nanmean(x)) / (np.nanstd(x) or 1.0)  # noqa: E731
+        ax.plot(z(v), lw=1.2, label=f"victim {c['victim']}")
+        ax.plot(z(s), lw=1.2, alpha=0.8, label=f"suspect {c['suspect']}")
+        ax.set_ylabel("z")
+        ax.set_title(f"rho = {c['rho']:+.2f} (probe {c['probe']})", fontsize=9, loc="left")
+        ax.legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("word of the probe text")
+    fig.suptitle(f"{result.verdict}: score {result.score:.3f}, p = {result.p_value:.3g}", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return path
+
+
+# =============================================================================== derived suspects
+# Function-preserving and near-function-preserving edits of a model, used by the tests and the
+# robustness suite (and by users who want to check that the tool sees through them).
+@torch.no_grad()
+def permute_neurons(model, seed: int = 0):
+    """Permute every MLP's neurons (rows of gate/up or fc_in, columns of down) in place."""
+    from .adapters import get_adapter, weight_out_in
+
+    ad = get_adapter(model)
+    g = torch.Generator().manual_seed(seed)
+    for layer in ad.get_layers(model):
+        n = ad.n_neurons(layer)
+        perm = torch.randperm(n, generator=g)
+        for path in (ad.gate, ad.up):
+            if path is None:
+                continue
+            mod = ad.module(layer, path)
+            w = weight_out_in(mod)
+            w.copy_(w[perm])
+            if getattr(mod, "bias", None) is not None:
+                mod.bias.copy_(mod.bias[perm])
+        if ad.gate_up is not None:
+            w = weight_out_in(ad.module(layer, ad.gate_up))
+            w.copy_(torch.cat([w[:n][perm], w[n:][perm]]))
+        dw = weight_out_in(ad.down_proj(layer))
+        dw.copy_(dw[:, perm])
+    return model
+
+
+@torch.no_grad()
+def permute_heads(model, seed: int = 0):
+    """Permute attention heads: key/value groups as a whole, and query heads within each group
+    (separate q/k/v projections only; other layouts are left unchanged)."""
+    from .adapters import get_adapter, weight_out_in
+
+    ad = get_adapter(model)
+    if ad.q is None or ad.k is None or ad.v is None:
+        return model
+    hc = ad.head_config(model)
+    g = torch.Generator().manual_seed(seed + 1)
+    d = hc.head_dim
+    for layer in ad.get_layers(model):
+        gperm = torch.randperm(hc.n_kv_heads, generator=g)
+        qheads = []
+        for grp in gperm.tolist():
+            within = torch.randperm(hc.group_size, generator=g)
+            qheads += [grp * hc.group_size + int(i) for i in within]
+        qrows = torch.cat([torch.arange(h * d, (h + 1) * d) for h in qheads])
+        kvrows = torch.cat([torch.arange(h * d, (h + 1) * d) for h in gperm.tolist()])
+        for path, rows in ((ad.q, qrows), (ad.k, kvrows), (ad.v, kvrows)):
+            mod = ad.module(layer, path)
+            w = weight_out_in(mod)
+            w.copy_(w[rows])
+            if getattr(mod, "bias", None) is not None:
+                mod.bias.copy_(mod.bias[rows])
+        # per-head norms (qwen3 / gemma3 q_norm, k_norm) act per head_dim: shared across heads
+        ow = weight_out_in(ad.module(layer, ad.o_proj))
+        ow.copy_(ow[:, qrows])
+    return model
+
+
+@torch.no_grad()
+def rescale_neurons(model, low: float = 0.5, high: float = 2.0, seed: int = 0):
+    """Scale each gated MLP neuron's up row by c and its down column by 1/c (function-preserving)."""
+    from .adapters import get_adapter, weight_out_in
+
+    ad = get_adapter(model)
+    if not ad.gated or ad.up is None:
+        raise FuncnetError("rescale_neurons needs a gated MLP with a separate up projection")
+    g = torch.Generator().manual_seed(seed + 2)
+    for layer in ad.get_layers(model):
+        n = ad.n_neurons(layer)
+        c = torch.exp(torch.empty(n).uniform_(math.log(low), math.log(high), generator=g))
+        up = ad.module(layer, ad.up)
+        weight_out_in(up).mul_(c[:, None])
+        if getattr(up, "bias", None) is not None:
+            up.bias.mul_(c)
+        weight_out_in(ad.down_proj(layer)).div_(c[None, :])
+    return model
+
+
+@torch.no_grad()
+def quantize_int8(model):
+    """Round-trip every 2-D weight (except embeddings) through symmetric per-output-channel int8."""
+    for name, p in model.named_parameters():
+        if p.dim() != 2 or "embed" in name or "wte" in name or "wpe" in name or "lm_head" in name:
+            continue
+        scale = p.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0
+        p.copy_(torch.round(p / scale).clamp(-127, 127) * scale)
+    return model
+
+
+@torch.no_grad()
+def prune_lowest_norm(model, ratio: float):
+    """Emulated structured pruning: zero the ``ratio`` MLP neurons of each layer with the lowest
+    ||up row|| * ||down column|| (weights zeroed, shapes kept)."""
+    from .adapters import get_adapter, weight_out_in
+
+    ad = get_adapter(model)
+    for layer in ad.get_layers(model):
+        n = ad.n_neurons(layer)
+        dw = weight_out_in(ad.down_proj(layer))
+        inp = weight_out_in(ad.mlp_input_module(layer))
+        imp = dw.norm(dim=0) * inp[:n].norm(dim=1)
+        if ad.gated and ad.up is not None:
+            imp = imp * weight_out_in(ad.module(layer, ad.up)).norm(dim=1)
+        drop = torch.argsort(imp)[: int(round(ratio * n))]
+        dw[:, drop] = 0
+        for path in (ad.gate, ad.up):
+            if path is not None:
+                weight_out_in(ad.module(layer, path))[drop] = 0
+    return model
+
+
+# =============================================================================== CLI
+def _cmd_profile(args) -> int:
+    probes = read_probes(args.probes) if args.probes else None
+    prof = profile(args.model, probes, signals=args.signals, n_components=args.n_components,
+                   n_seeds=args.n_seeds, threshold=args.threshold, max_length=args.max_length, seed=args.seed)
+    prof.save(args.out)
+    size = Path(args.out).stat().st_size
+    print(f"profile of {prof.model['spec']}: {len(prof.probes)} probes, {prof.meta['n_tokens']} tokens, "
+          f"{prof.n_seeds} seeds x {prof.n_networks} networks ({prof.params['signals']}, {prof.model['n_units']} units) "
+          f"-> {args.out} ({size / 1024:.0f} KiB, {prof.meta['timing_s']['total']:.1f} s)")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    res = compare(args.profile, args.model, n_null=args.n_null, alpha=args.alpha)
+    if args.json:
+        res.to_json(args.json)
+    if args.plot:
+        plot_matched(res, args.plot)
+    print(res.summary(n_pairs=args.top_pairs))
+    print(f"\n({res.timing['total_s']:.1f} s)")
+    return 0
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser("fingerprint", help="functional-network fingerprints: is a suspect model derived from a victim?")
+    sp = p.add_subparsers(dest="fingerprint_command", metavar="{profile,compare}")
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    pp = sp.add_parser("profile", help="record a victim model's networks on probe texts into a profile file")
+    pp.add_argument("--model", default="smollm2-135m", help="victim model spec (HF id, folder, .gguf, alias)")
+    pp.add_argument("--out", required=True, help="output profile file (e.g. victim.fnf)")
+    pp.add_argument("--probes", default=None, help="probe texts: .jsonl or text file with blank-line separated texts")
+    pp.add_argument("--signals", default="residual", choices=list(SIGNAL_CHOICES))
+    pp.add_argument("--n-components", type=int, default=None, help="networks per ICA seed (default 64, capped by data)")
+    pp.add_argument("--n-seeds", type=int, default=3)
+    pp.add_argument("--threshold", type=float, default=3.6, help="key units: map z above this")
+    pp.add_argument("--max-length", type=int, default=256)
+    pp.add_argument("--seed", type=int, default=0)
+    pp.set_defaults(func=_cmd_profile)
+
+    pc = sp.add_parser("compare", help="compare a victim profile with a suspect model: score, p-value, verdict")
+    pc.add_argument("profile", help="victim profile file from `funcnet fingerprint profile`")
+    pc.add_argument("--model", required=True, help="suspect model spec")
+    pc.add_argument("--json", default=None, help="write the full result as JSON here")
+    pc.add_argument("--plot", default=None, help="write a plot of the best matched time courses (PNG)")
+    pc.add_argument("--n-null", type=int, default=200)
+    pc.add_argument("--alpha", type=float, default=ALPHA)
+    pc.add_argument("--top-pairs", type=int, default=10, help="matched pairs to print")
+    pc.set_defaults(func=_cmd_compare)
