@@ -212,13 +212,14 @@ def calibration_stats(
             if heads:
                 handles.append(adapter.register_signal_hook(all_layers[i], "heads", make_cb(i, hsum, hsq)))
         dev = input_device(mdl)
+        body = getattr(mdl, "base_model", mdl) or mdl  # skip the LM head: only hidden signals are needed
         n_tok = 0
         was_training = mdl.training
         mdl.eval()
         bar = _progress(total=calib_tokens or None, desc="calibration", unit="tok")
         for inp, mask in _packed_batches(texts, corpus, lm.tokenizer, max_length, calib_tokens, batch_size):
             state["mask"] = mask.bool()
-            mdl(input_ids=inp.to(dev), attention_mask=mask.to(dev), use_cache=False)
+            body(input_ids=inp.to(dev), attention_mask=mask.to(dev), use_cache=False)
             k = int(mask.sum())
             n_tok += k
             bar.update(k)
