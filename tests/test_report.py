@@ -1,0 +1,266 @@
+"""Figures and the HTML report, on a results folder of synthetic JSON files that follow
+funcnet.explore's schemas (no model needed)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from funcnet.errors import FuncnetError
+from funcnet.networks import Decomposition, FunctionalNetworks
+
+ROOT = Path(__file__).resolve().parents[1]
+DOMAINS = ["prose", "code", "math"]
+N_LAYERS, WIDTH, K = 6, 96, 8
+EVIL = "<script>alert('x')</script>"
+
+
+# ---------------------------------------------------------------------------- synthetic results
+def _metrics(rng, base=20.0, spread=1.0) -> dict:
+    return {d: {"ppl": float(base * (1 + j * 0.3) * spread * rng.uniform(0.9, 1.1)),
+                "accuracy": float(rng.uniform(0.2, 0.5)), "n_tokens": 512} for j, d in enumerate(DOMAINS)}
+
+
+def _summ(values: list[dict]) -> dict:  # same as funcnet.explore._summ
+    res = {}
+    for d in DOMAINS:
+        p = np.array([v[d]["ppl"] for v in values], float)
+        a = np.array([v[d]["accuracy"] for v in values], float)
+        res[d] = {"ppl_mean": float(p.mean()), "ppl_std": float(p.std(ddof=1)) if len(p) > 1 else 0.0,
+                  "acc_mean": float(a.mean()), "acc_std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+                  "ppl": p.tolist(), "accuracy": a.tolist()}
+    return res
+
+
+def synthetic_networks(seed: int = 0) -> FunctionalNetworks:
+    rng = np.random.default_rng(seed)
+    cols = np.array([(l, 0, n) for l in range(N_LAYERS) for n in range(WIDTH)], np.int32)
+    maps = rng.standard_normal((K, len(cols))).astype(np.float32)
+    for c in range(K):  # a few strong key neurons per map
+        maps[c, rng.choice(len(cols), 6 + 2 * c, replace=False)] = rng.uniform(4, 8, 6 + 2 * c)
+    dec = Decomposition(maps=maps, columns=cols, stability=np.sort(rng.uniform(0.5, 1.0, K))[::-1].astype(np.float32))
+    return FunctionalNetworks([dec], ["neurons"], [WIDTH] * N_LAYERS, model_identity="synthetic", model_spec="tiny",
+                              params={"mode": "whole", "n_components": K})
+
+
+def synthetic_results(out: Path, which=("run", "networks", "anatomy", "lesion", "preserve", "amplify", "recurrence"),
+                      seed: int = 0) -> Path:
+    """A results folder with the files funcnet.explore writes (the ones named in ``which``)."""
+    rng = np.random.default_rng(seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    nets = synthetic_networks(seed)
+    thr = 3.6
+    total = N_LAYERS * WIDTH
+    top = list(range(5))
+    files = {}
+    if "networks" in which:
+        nets.save(out / "networks.safetensors")
+    files["run"] = {
+        "model": {"spec": "tiny-llama", "family": "llama", "architecture": "LlamaForCausalLM", "n_layers": N_LAYERS,
+                  "neurons_per_layer": [WIDTH] * N_LAYERS, "total_neurons": total, "n_heads": 4, "n_kv_heads": 2,
+                  "head_dim": 8, "n_parameters": 123456, "mlp_parameters": 100000, "attn_parameters": 20000,
+                  "dtype": "float32", "identity": "abc123"},
+        "corpus": "builtin", "size": "demo", "params": {"max_tokens": 4096, "k": K, "n_init": 4, "ks": [10, 32, 64]},
+        "seed": 0, "threshold": thr, "timings": {"networks": 12.3, "anatomy": 1.0, "lesion": 40.2, "total": 99.9},
+        "funcnet_version": "0.1.0",
+        "store": {"path": str(out / "store"), "model": "tiny-llama", "n_tokens": 4096, "n_documents": 30,
+                  "layers": N_LAYERS, "signals": ["neurons"], "size_mb": 1.5},
+        "networks": {"n": K, "k": K, "mode": "whole", "stability": [float(x) for x in nets.stability],
+                     "n_keys": [int(len(nets.key_neurons(i, threshold=thr))) for i in range(K)]},
+    }
+    ana = []
+    for n in top:
+        pairs = nets.key_neurons(n, threshold=thr)
+        ctx = [{"doc": 3, "value": 2.5 - 0.1 * t, "token": "<b>" if t == 0 else f"tok{t}",
+                "left": EVIL if (n == 0 and t == 0) else f"left & <context> {t} ", "right": f" right \"{t}\""}
+               for t in range(4)]
+        ana.append({"network": n, "stability": float(nets.stability[n]), "n_keys": int(len(pairs)),
+                    "per_layer": np.bincount(pairs[:, 0], minlength=N_LAYERS).tolist(), "top_contexts": ctx})
+    files["anatomy"] = {"experiment": "anatomy", "networks": ana, "threshold": thr}
+    base = _metrics(rng)
+    conds = [(f"net {i}", [i]) for i in top] + [(f"all {len(top)}", top)]
+    rows = []
+    for name, group in conds:
+        n = int(sum(m.sum() for m in nets.masks(group, threshold=thr).values()))
+        rows.append({"name": name, "networks": group, "n_neurons": n, "fraction": n / total,
+                     "lesioned": _metrics(rng, spread=3.0 if len(group) > 1 else 1.5),
+                     "random": _summ([_metrics(rng, spread=1.05) for _ in range(5)])})
+    files["lesion"] = {"experiment": "lesion", "baseline": base, "conditions": rows, "domains": DOMAINS,
+                       "random_fraction": {"fraction": 0.15, "result": _summ([_metrics(rng, spread=2) for _ in range(5)])},
+                       "params": {"threshold": thr, "n_random": 5, "seed": 0, "window": 128, "max_windows": 4,
+                                  "total_neurons": total}}
+    prows = []
+    for j, k in enumerate([10, 32, 64, 128]):
+        if k == 128:
+            prows.append({"k": k, "n_neurons": 0, "fraction": 0.0, "preserved": None, "random": None})
+            continue
+        n = 20 * (j + 1)
+        prows.append({"k": k, "n_neurons": n, "fraction": n / total, "preserved": _metrics(rng, spread=10 / (j + 1)),
+                      "random": _summ([_metrics(rng, spread=30 / (j + 1)) for _ in range(3)]), "seconds": 1.0})
+    files["preserve"] = {"experiment": "preserve", "baseline": base, "rows": prows, "domains": DOMAINS,
+                         "params": {"mode": "whole", "threshold": thr, "n_init": 2, "n_random": 3, "window": 128,
+                                    "max_windows": 4, "total_neurons": total}}
+    curves = []
+    factors = [0.0, 0.5, 1.0, 1.5, 2.0]
+    for i in top[:3]:
+        pts = [{"value": f, "metrics": base if f == 1.0 else _metrics(rng, spread=1 + abs(f - 1) * (i + 1) / 3)}
+               for f in factors]
+        curves.append({"network": i, "n_neurons": int(len(nets.key_neurons(i, threshold=thr))), "points": pts})
+    best = {}
+    for d in DOMAINS:
+        cands = [(c["network"], p["value"], p["metrics"][d]["ppl"]) for c in curves for p in c["points"]]
+        net, val, ppl = min(cands, key=lambda x: x[2])
+        best[d] = {"network": net, "value": val, "ppl": ppl, "baseline_ppl": base[d]["ppl"]}
+    files["amplify"] = {"experiment": "amplify", "how": "scale", "baseline": base, "curves": curves, "best": best,
+                        "domains": DOMAINS, "params": {"threshold": thr, "window": 128, "max_windows": 4}}
+    templates, individuals = [], []
+    for d in DOMAINS:
+        for n in range(4):
+            templates.append({"id": f"{d}/{n}", "domain": d, "network": n, "n_keys": 10 + n, "stability": 0.9})
+        for doc in range(2):
+            for n in range(3):
+                individuals.append({"id": f"{d}/t{doc}/{n}", "domain": d, "text": doc + 10, "network": n, "n_keys": 9})
+    M = rng.uniform(0, 0.4, (len(templates), len(individuals)))
+    table = []
+    for ti, t in enumerate(templates):
+        counts = {d: int(sum(M[ti, j] > 0.2 for j, ind in enumerate(individuals) if ind["domain"] == d)) for d in DOMAINS}
+        totals = {d: int(sum(1 for ind in individuals if ind["domain"] == d)) for d in DOMAINS}
+        table.append({"template": t["id"], "counts": counts, "totals": totals, "max_iou": float(M[ti].max())})
+    files["recurrence"] = {"experiment": "recurrence", "domains": DOMAINS, "templates": templates,
+                           "individuals": individuals, "iou": M.tolist(), "iou_threshold": 0.2, "table": table,
+                           "params": {"n_template": 12, "n_individual": 2, "k_template": 4, "k_individual": 3,
+                                      "threshold": thr, "max_length": 128}}
+    for name, obj in files.items():
+        if name in which:
+            (out / f"{name}.json").write_text(json.dumps(obj, indent=1))
+    return out
+
+
+@pytest.fixture
+def results(tmp_path):
+    return synthetic_results(tmp_path / "res")
+
+
+# ---------------------------------------------------------------------------- figures
+def test_make_figures_writes_every_figure(results):
+    from funcnet.plots import FIGURES, make_figures
+
+    paths = make_figures(results)
+    made = {p.name for p in paths}
+    for stem in FIGURES:
+        for ext in ("png", "svg"):
+            f = results / "figures" / f"{stem}.{ext}"
+            assert f.name in made, f.name
+            assert f.exists() and f.stat().st_size > 1000, f
+    png = (results / "figures" / "lesion.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in (results / "figures" / "lesion.svg").read_bytes()[:2000]
+    assert not list((results / "figures").glob(".*.tmp"))
+
+
+def test_make_figures_skips_missing_inputs(tmp_path):
+    from funcnet.plots import make_figures
+
+    res = synthetic_results(tmp_path / "r", which=("run", "lesion"))
+    names = {p.name for p in make_figures(res)}
+    assert names == {"lesion.png", "lesion.svg"}
+    assert make_figures(synthetic_results(tmp_path / "e", which=())) == []
+
+
+def test_make_figures_accepts_nets_object(tmp_path):
+    from funcnet.plots import make_figures
+
+    res = synthetic_results(tmp_path / "r", which=("run",))
+    names = {p.name for p in make_figures(res, nets=synthetic_networks())}
+    assert "network_map.png" in names and "network_keys_per_layer.svg" in names
+
+
+# ---------------------------------------------------------------------------- report
+SECTIONS = ["Model and corpus", "Functional networks", "Recurrence", "Lesion", "Preservation", "Amplification",
+            "Top-activating contexts"]
+
+
+def test_report_contains_every_section(results):
+    from funcnet.report import write_report
+
+    path = write_report(results)
+    assert path == results / "report.html"
+    html = path.read_text()
+    for s in SECTIONS:
+        assert s in html, s
+    assert "not run" not in html
+    assert html.count("data:image/png;base64,") >= 8
+    assert not re.search(r"https?://", html)
+    assert "<script" not in html.lower()
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
+    assert "<mark>&lt;b&gt;</mark>" in html
+    assert "tiny-llama" in html and "LlamaForCausalLM" in html and "0.1.0" in html
+    assert "all 5" in html and "net 4" in html  # lesion table rows
+    assert (results / "figures" / "lesion.png").exists()  # figures were made first
+
+
+def test_report_missing_results_say_not_run(tmp_path):
+    from funcnet.report import write_report
+
+    res = synthetic_results(tmp_path / "r", which=("run", "lesion"))
+    out = write_report(res, out=tmp_path / "x" / "page.html")
+    html = out.read_text()
+    assert out == tmp_path / "x" / "page.html"
+    for s in ("Recurrence", "Preservation", "Amplification", "Top-activating contexts", "Functional networks"):
+        m = re.search(rf'<h2[^>]*>[^<]*{s}.*?(?=<h2|</body)', html, re.S)
+        assert m and "not run" in m.group(0), s
+    lesion = re.search(r'<h2[^>]*>[^<]*Lesion.*?(?=<h2|</body)', html, re.S).group(0)
+    assert "not run" not in lesion and "data:image/png;base64," in lesion
+
+
+def test_report_empty_or_missing_folder_errors(tmp_path):
+    from funcnet.report import write_report
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FuncnetError, match="no funcnet results"):
+        write_report(tmp_path / "empty")
+    with pytest.raises(FuncnetError, match="not found"):
+        write_report(tmp_path / "nope")
+
+
+def test_report_corrupt_json_is_a_clear_error(tmp_path):
+    from funcnet.report import write_report
+
+    res = synthetic_results(tmp_path / "r", which=("run",))
+    (res / "lesion.json").write_text("{not json")
+    with pytest.raises(FuncnetError, match="lesion.json"):
+        write_report(res)
+
+
+def test_report_cli(results, tmp_path, capsys):
+    from funcnet.cli import main
+
+    assert main(["report", str(results), "--out", str(tmp_path / "r.html")]) == 0
+    assert (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
+    assert str(tmp_path / "r.html") in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("funcnet: error:") and "\n" not in err
+
+
+# ---------------------------------------------------------------------------- headless render
+@pytest.mark.integration
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Debian chromium not installed")
+def test_report_renders_in_headless_chromium(results, tmp_path):
+    from funcnet.report import write_report
+
+    write_report(results)
+    shot = tmp_path / "shot.png"
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "check_report_render.sh"), str(results), str(shot)],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert shot.exists() and shot.stat().st_size > 10000
