@@ -99,21 +99,9 @@ def _unwrap(model_or_loaded, tokenizer):
 
 
 def _input_device(model) -> torch.device:
-    """Where input ids go: the input embeddings' device, or (for weights offloaded by accelerate,
-    which sit on 'meta') the execution device of accelerate's hook."""
     from .models import input_device
 
-    dev = input_device(model)
-    if dev.type != "meta":
-        return dev
-    emb = model.get_input_embeddings()
-    for mod in (emb, model):
-        hook = getattr(mod, "_hf_hook", None)
-        for h in [hook] + list(getattr(hook, "hooks", []) or []):
-            ex = getattr(h, "execution_device", None)
-            if ex is not None:
-                return torch.device(ex) if not isinstance(ex, int) else torch.device("cuda", ex)
-    return torch.device("cpu")
+    return input_device(model)
 
 
 def _context_length(model) -> int | None:

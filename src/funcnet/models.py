@@ -100,11 +100,22 @@ class LoadedModel:
 
 
 def input_device(model) -> torch.device:
-    """Device of the input embeddings (works with ``device_map`` models spread over devices)."""
+    """Where input ids go: the input embeddings' device (``device_map`` models spread over devices),
+    or, for weights offloaded by accelerate (on 'meta'), the execution device of accelerate's hook."""
     try:
-        return model.get_input_embeddings().weight.device
+        emb = model.get_input_embeddings()
+        dev = emb.weight.device
     except Exception:  # pragma: no cover
         return next(model.parameters()).device
+    if dev.type != "meta":
+        return dev
+    for mod in (emb, model):
+        hook = getattr(mod, "_hf_hook", None)
+        for h in [hook] + list(getattr(hook, "hooks", []) or []):
+            ex = getattr(h, "execution_device", None)
+            if ex is not None:
+                return torch.device(ex) if not isinstance(ex, int) else torch.device("cuda", ex)
+    return torch.device("cpu")
 
 
 def model_identity(model) -> str:
