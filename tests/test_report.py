@@ -144,16 +144,26 @@ def synthetic_results(out: Path, which=("run", "networks", "anatomy", "lesion", 
     return out
 
 
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """A full synthetic results folder with its figures drawn (once per module: drawing takes seconds)."""
+    from funcnet.plots import make_figures
+
+    res = synthetic_results(tmp_path_factory.mktemp("res"))
+    paths = make_figures(res)
+    return res, paths
+
+
 @pytest.fixture
-def results(tmp_path):
-    return synthetic_results(tmp_path / "res")
+def results(made):
+    return made[0]
 
 
 # ---------------------------------------------------------------------------- figures
-def test_make_figures_writes_every_figure(results):
-    from funcnet.plots import FIGURES, make_figures
+def test_make_figures_writes_every_figure(made):
+    from funcnet.plots import FIGURES
 
-    paths = make_figures(results)
+    results, paths = made
     made = {p.name for p in paths}
     for stem in FIGURES:
         for ext in ("png", "svg"):
@@ -175,12 +185,20 @@ def test_make_figures_skips_missing_inputs(tmp_path):
     assert make_figures(synthetic_results(tmp_path / "e", which=())) == []
 
 
-def test_make_figures_accepts_nets_object(tmp_path):
-    from funcnet.plots import make_figures
+def test_make_figures_uses_given_nets(tmp_path, monkeypatch):
+    import funcnet.plots as plots
 
-    res = synthetic_results(tmp_path / "r", which=("run",))
-    names = {p.name for p in make_figures(res, nets=synthetic_networks())}
-    assert "network_map.png" in names and "network_keys_per_layer.svg" in names
+    res = synthetic_results(tmp_path / "r", which=("run", "anatomy"))
+    nets, seen = synthetic_networks(), {}
+
+    def fake(n, ids, thr, out_dir):
+        seen.update(nets=n, ids=list(ids), thr=thr)
+        return []
+
+    monkeypatch.setattr(plots, "plot_network_map", fake)
+    monkeypatch.setattr(plots, "plot_anatomy", lambda *a, **k: [])
+    plots.make_figures(res, nets=nets)
+    assert seen == {"nets": nets, "ids": [0, 1, 2, 3, 4], "thr": 3.6}  # the anatomy's networks, run.json's threshold
 
 
 # ---------------------------------------------------------------------------- report
@@ -204,7 +222,17 @@ def test_report_contains_every_section(results):
     assert "<mark>&lt;b&gt;</mark>" in html
     assert "tiny-llama" in html and "LlamaForCausalLM" in html and "0.1.0" in html
     assert "all 5" in html and "net 4" in html  # lesion table rows
-    assert (results / "figures" / "lesion.png").exists()  # figures were made first
+    assert html.count("<mark>") == 5 * 4  # every context of every network
+
+
+def test_report_makes_missing_figures_first(tmp_path):
+    from funcnet.report import write_report
+
+    res = synthetic_results(tmp_path / "r", which=("run", "amplify"))
+    html = write_report(res).read_text()
+    assert (res / "figures" / "amplification.png").exists() and (res / "figures" / "amplification.svg").exists()
+    amp = re.search(r'<h2[^>]*>[^<]*Amplification.*?(?=<h2|</body)', html, re.S).group(0)
+    assert "data:image/png;base64," in amp and "best network" in amp
 
 
 def test_report_missing_results_say_not_run(tmp_path):

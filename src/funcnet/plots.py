@@ -120,8 +120,9 @@ def _logy(ax) -> None:
     lo, hi = ax.get_ylim()
     fmt = FuncFormatter(lambda v, _: f"{v:g}")
     ax.yaxis.set_major_formatter(fmt)
-    if hi / max(lo, 1e-12) < 20:  # short range: label some minor ticks too
-        ax.yaxis.set_minor_locator(LogLocator(subs=(2, 3, 5)))
+    span = hi / max(lo, 1e-12)
+    if span < 1000:  # a short range: label some minor ticks too (20, 50, 200, ...)
+        ax.yaxis.set_minor_locator(LogLocator(subs=(2, 3, 5) if span < 20 else (2, 5)))
         ax.yaxis.set_minor_formatter(fmt)
     else:
         ax.yaxis.set_minor_formatter(NullFormatter())

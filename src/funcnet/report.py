@@ -19,7 +19,7 @@ import numpy as np
 
 from ._io import atomic_path
 from .errors import FuncnetError
-from .plots import FIGURES, RESULT_FILES, load_networks, load_results, make_figures, network_color, threshold_of, \
+from .plots import DPI, FIGURES, RESULT_FILES, load_networks, load_results, make_figures, network_color, threshold_of, \
     top_network_ids
 
 CSS = """
@@ -40,6 +40,8 @@ figcaption{font-size:12px;color:#555;margin-top:3px}
 .sw{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:5px;vertical-align:-1px}
 .ctx{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:12px;text-align:left;white-space:pre-wrap;
  word-break:break-word}
+.ctxgrid{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:0 28px}
+.ctxgrid table{width:100%}
 mark{background:#ffd54f;padding:0 1px;border-radius:2px}.nl{color:#aaa}
 details{margin:6px 0 12px}summary{cursor:pointer;color:#0b5394}
 footer{margin-top:40px;font-size:12px;color:#777;border-top:1px solid #ddd;padding-top:8px}
@@ -358,8 +360,10 @@ def _sec_amplification(res: dict, fig: _Figures) -> str:
         b = _get(amp, "best", d) or {}
         ppl, base = b.get("ppl"), b.get("baseline_ppl")
         change = (ppl / base - 1) if _isnum(ppl) and _isnum(base) and base > 0 else None
+        identity = _isnum(b.get("value")) and float(b["value"]) == (1.0 if how == "scale" else 0.0)
+        ch = f"{100 * change:+.1f}%" if change is not None else "–"
         rows.append([_e(d), f"net {_e(b.get('network', '?'))}", _e(b.get("value", "?")), _n(ppl), _n(base),
-                     f"{100 * change:+.1f}%" if change is not None else "–"])
+                     "no setting beats the baseline" if identity else ch])
     best = _table(["domain", "best network", what, "ppl", "baseline ppl", "change"], rows, left=2)
     full_rows = []
     for j, c in enumerate(amp.get("curves") or []):
@@ -390,19 +394,21 @@ def _sec_contexts(res: dict, fig: _Figures) -> str:
     out = [fig("anatomy", "Key neurons per layer of each network."),
            f'<p class="note">The tokens where each network\'s time course (mean activation of its key neurons, '
            f"|z| &gt; {_e(ana.get('threshold', '?'))}) is highest, with their context; the token is highlighted.</p>"]
+    out.append('<div class="ctxgrid">')
     for j, a in enumerate(ana.get("networks") or []):
         pl = a.get("per_layer") or []
         nz = [i for i, v in enumerate(pl) if v]
         span = f"layers {nz[0]}–{nz[-1]}" if nz else "no layers"
-        out.append(f"<h3>{_swatch(j)}net {_e(a.get('network'))} <span class=\"note\">stability "
+        out.append(f"<div><h3>{_swatch(j)}net {_e(a.get('network'))} <span class=\"note\">stability "
                    f"{_n(a.get('stability'))}, {_int(a.get('n_keys'))} key neurons, {span}</span></h3>")
         ctx = a.get("top_contexts") or []
         if not ctx:
-            out.append('<p class="note">no contexts recorded.</p>')
+            out.append('<p class="note">no contexts recorded.</p></div>')
             continue
-        out.append(_table(["value", "doc", "context"],
-                          [[_n(c.get("value"), 3), _e(c.get("doc", "")), (_context_html(c), "ctx")] for c in ctx],
-                          left=0))
+        out.append(_table(["context", "value", "doc"],
+                          [[(_context_html(c), "ctx"), _n(c.get("value"), 3), _e(c.get("doc", ""))] for c in ctx]))
+        out.append("</div>")
+    out.append("</div>")
     return "\n".join(out)
 
 
@@ -449,7 +455,7 @@ def render_html(results_dir: str | os.PathLike) -> str:
 <p class="note">funcnet report of <code>{_e(d.resolve())}</code>, written {when}.</p>
 <nav>{nav}</nav>
 {secs}
-<footer>funcnet {_e(__version__)}. Result files: {_e(', '.join(present))}. Static figures (PNG {150} dpi and SVG) are
+<footer>funcnet {_e(__version__)}. Result files: {_e(', '.join(present))}. Static figures (PNG {DPI} dpi and SVG) are
 in <code>figures/</code> next to this page.</footer>
 </body></html>
 """
