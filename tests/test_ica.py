@@ -1,0 +1,345 @@
+"""Tests of funcnet.ica: synthetic sources, reproducibility, reductions, reference recipe, input checks."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from funcnet.errors import FuncnetError
+from funcnet.ica import (
+    CanICA,
+    ICAConvergenceWarning,
+    amari_distance,
+    fastica,
+    fit_many,
+    initial_unmixing,
+    match_maps,
+    subspace_overlap,
+)
+
+N_NEURONS = 800
+
+
+def make_data(k=6, n_neurons=N_NEURONS, n_subjects=8, tokens=60, noise=0.3, seed=0, n_noise_dims=0):
+    """k sparse Laplace maps over neurons, mixed by random time courses, plus noise.
+
+    Returns (X [tokens, neurons], S [k, neurons], A [tokens, k], subject lengths)."""
+    rng = np.random.default_rng(seed)
+    S = rng.laplace(size=(k, n_neurons)) * (rng.random((k, n_neurons)) < 0.15)
+    T = n_subjects * tokens
+    A = rng.normal(size=(T, k)) * rng.uniform(1.0, 2.0, size=k)
+    X = A @ S + noise * rng.normal(size=(T, n_neurons))
+    if n_noise_dims:  # extra Gaussian (non-identifiable) structure
+        X += rng.normal(size=(T, n_noise_dims)) @ rng.normal(size=(n_noise_dims, n_neurons)) * 0.1
+    return X, S, A, [tokens] * n_subjects
+
+
+def standardized_truth(X, S):
+    """The true maps of the z-scored data: S / std (per neuron)."""
+    return S / X.std(axis=0)
+
+
+def split(X, lengths):
+    return np.split(X, np.cumsum(lengths)[:-1])
+
+
+class Chunks:
+    """A minimal streamed input: iter_chunks() yields float16/float32 chunks."""
+
+    def __init__(self, X, size, dtype=np.float32):
+        self.X, self.size, self.dtype = X, size, dtype
+        self.passes = 0
+
+    def iter_chunks(self):
+        self.passes += 1
+        for s in range(0, len(self.X), self.size):
+            yield self.X[s:s + self.size].astype(self.dtype)
+
+
+# ------------------------------------------------------------------ recovery
+@pytest.mark.parametrize("method", ["canica", "reference"])
+def test_recovers_sparse_sources(method):
+    X, S, _, lengths = make_data()
+    est = CanICA(n_components=6, n_init=3, method=method).fit(split(X, lengths))
+    r, pairs = match_maps(est.components_, standardized_truth(X, S))
+    assert r >= 0.95, r
+    assert pairs[:, 2].min() >= 0.9
+    # maps are z-scored across neurons and their heavy (sparse) tail is positive
+    c = est.components_
+    assert np.allclose(c.mean(axis=1), 0, atol=1e-8) and np.allclose(c.std(axis=1), 1, atol=1e-6)
+    assert (((c**3).mean(axis=1)) > 0).all()
+    assert est.stability_.min() > 0.8
+    assert est.components_.shape == (6, N_NEURONS) and est.subspace_.shape == (N_NEURONS, 6)
+    assert np.allclose(est.subspace_.T @ est.subspace_, np.eye(6), atol=1e-6)
+    assert est.explained_variance_.shape == (6,) and (np.diff(est.explained_variance_) <= 1e-9).all()
+
+
+def test_amari_no_worse_than_sklearn():
+    from sklearn.decomposition import FastICA
+
+    X, S, _, _ = make_data(k=8, seed=3)
+    est = CanICA(n_components=8, n_init=1, method="reference").fit(X)
+    V = est.subspace_.numpy()
+    # V = S_std^T B + noise: the true mixing of the spatial ICA problem, by least squares
+    St = standardized_truth(X, S)
+    B = np.linalg.lstsq(St.T - St.T.mean(0), V - V.mean(0), rcond=None)[0]      # [k sources, k features]
+    ours = fastica(V, 8, "cube", random_state=0)
+    W_ours = ours.unmixing[0].numpy() @ ours.whitening.numpy()
+    sk = FastICA(n_components=8, fun="cube", whiten="unit-variance", random_state=0, max_iter=300).fit(V)
+    d_ours, d_sk = amari_distance(W_ours, B.T), amari_distance(sk.components_, B.T)
+    assert d_ours <= d_sk * 1.1 + 0.01, (d_ours, d_sk)
+    assert d_ours < 0.1
+    # the helper: 0 for a scaled permutation, > 0 otherwise
+    P = np.eye(4)[[2, 0, 3, 1]] * 3.0
+    assert amari_distance(P, np.eye(4)) == pytest.approx(0.0)
+    assert amari_distance(np.ones((4, 4)) + np.eye(4), np.eye(4)) > 0.3
+
+
+# ------------------------------------------------------------------ reproducibility
+def test_same_seed_identical_and_other_seed_matches():
+    X, S, _, lengths = make_data(seed=1)
+    subj = split(X, lengths)
+    a = CanICA(n_components=6, n_init=3, random_state=5).fit(subj)
+    b = CanICA(n_components=6, n_init=3, random_state=5).fit(subj)
+    np.testing.assert_allclose(a.components_, b.components_, atol=1e-10)
+    np.testing.assert_array_equal(a.seeds_, b.seeds_)
+    c = CanICA(n_components=6, n_init=3, random_state=6).fit(subj)
+    assert not np.array_equal(a.seeds_, c.seeds_)
+    assert match_maps(a.components_, c.components_)[0] >= 0.99
+    # run 0 uses random_state itself; the other seeds are derived from it
+    assert a.seeds_[0] == 5 and len(set(a.seeds_.tolist())) == 3
+
+
+# ------------------------------------------------------------------ reductions
+def test_incremental_and_randomized_match_exact():
+    X, S, _, lengths = make_data(k=6, seed=2, n_noise_dims=20)
+    subj = split(X, lengths)
+    warnings.simplefilter("ignore", ICAConvergenceWarning)   # only the subspaces matter here
+    exact = CanICA(n_components=6, n_init=1, reduction="exact").fit(subj)
+    assert exact.reduction_ == "exact"
+    # small MIGP buffer: forces many shrink steps
+    migp = CanICA(n_components=6, n_init=1, reduction="incremental", migp_rows=24).fit(subj)
+    rand = CanICA(n_components=6, n_init=1, reduction="randomized").fit(subj)
+    assert subspace_overlap(exact.subspace_, migp.subspace_) > 0.95
+    assert subspace_overlap(exact.subspace_, rand.subspace_) > 0.99
+    # the reference recipe on a single matrix, MIGP over token blocks
+    ref_e = CanICA(n_components=6, n_init=1, method="reference").fit(X)
+    ref_m = CanICA(n_components=6, n_init=1, method="reference", reduction="incremental", migp_rows=32).fit(X)
+    assert subspace_overlap(ref_e.subspace_, ref_m.subspace_) > 0.95
+    # the helper itself
+    Q = np.linalg.qr(np.random.default_rng(0).normal(size=(50, 6)))[0]
+    assert subspace_overlap(Q, Q @ np.linalg.qr(np.random.default_rng(1).normal(size=(6, 6)))[0]) == pytest.approx(1.0)
+    assert subspace_overlap(Q[:, :3], np.linalg.qr(np.c_[Q, np.eye(50)[:, :3]])[0][:, 6:]) == pytest.approx(0.0, abs=1e-12)
+
+
+# ------------------------------------------------------------------ the papers' recipe
+def _reference_recompute(X, k, seed):
+    """Straightforward re-computation: z-score, full SVD, top-k left singular vectors of the
+    neuron x token matrix, (ZCA-)whitened, scikit-learn FastICA cube from the same start, z-score."""
+    from sklearn.decomposition import FastICA
+
+    mu, sd = X.mean(0), X.std(0)
+    sd[sd == 0] = 1
+    Z = (X - mu) / sd
+    U, s, _ = np.linalg.svd(Z.T, full_matrices=False)
+    U = U[:, :k]
+    U = U * np.sign(U[np.abs(U).argmax(0), np.arange(k)])      # sign convention: max |entry| positive
+    Uc = U - U.mean(0)
+    d, E = np.linalg.eigh(Uc.T @ Uc / len(Uc))
+    Xw = Uc @ (E / np.sqrt(d)) @ E.T                              # symmetric whitening
+    w0 = initial_unmixing(seed, k).numpy()
+    ica = FastICA(n_components=k, fun="cube", whiten=False, w_init=w0, max_iter=300, tol=1e-4, algorithm="parallel")
+    Sx = ica.fit_transform(Xw).T                                  # [k, neurons]
+    return (Sx - Sx.mean(1, keepdims=True)) / Sx.std(1, keepdims=True)
+
+
+@pytest.mark.parametrize("data", ["sources", "noisier"])
+def test_reference_mode_reproduces_recipe(data):
+    if data == "sources":
+        X, _, _, _ = make_data(k=6, n_neurons=500, n_subjects=6, seed=4)
+        k = 6
+    else:  # more components than sources, a dead neuron
+        X, _, _, _ = make_data(k=5, n_neurons=400, n_subjects=8, noise=0.8, seed=5)
+        X[:, 17] = 0.0
+        k = 7
+    est = CanICA(n_components=k, n_init=1, method="reference", random_state=666).fit(X)
+    assert est.converged_.all()
+    ref = _reference_recompute(X, k, 666)
+    r = np.abs(np.sum(est.components_ * ref, axis=1) / X.shape[1])     # map by map, same order
+    assert r.min() >= 0.99, r
+
+
+# ------------------------------------------------------------------ stability
+def test_stability_separates_sources_from_noise():
+    # 4 true sources, 8 components asked: 4 components are fitted to Gaussian noise
+    # (not standardized, so that the noise is Gaussian over neurons; bootstrap resamples of the
+    # subjects move the noise subspace, as in ICASSO, while the sources stay put)
+    X, S, _, lengths = make_data(k=4, seed=7, noise=1.0)
+    params = dict(n_components=8, n_init=2, n_bootstrap=4, random_state=0, standardize=False, max_iter=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ICAConvergenceWarning)
+        est = CanICA(**params).fit(split(X, lengths))
+    truth = S
+    r = np.abs(np.corrcoef(est.components_, truth)[:8, 8:]).max(axis=1)
+    is_src = r > 0.9
+    assert is_src.sum() == 4
+    assert est.stability_[is_src].min() > 0.8
+    assert est.stability_[~is_src].max() < est.stability_[is_src].min() - 0.3
+    assert (est.reproducibility_[is_src] == 1).all()
+    # sorted by stability, the sources come first
+    assert is_src[:4].all() and (np.diff(est.stability_) <= 1e-12).all()
+    # min_stability keeps only the stable ones
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ICAConvergenceWarning)
+        kept = CanICA(**params, min_stability=0.7).fit(split(X, lengths))
+    assert kept.components_.shape == (4, N_NEURONS)
+
+
+def test_bootstrap_runs_are_pooled():
+    X, S, _, lengths = make_data(seed=8)
+    est = CanICA(n_components=6, n_init=2, n_bootstrap=2).fit(split(X, lengths))
+    assert len(est.n_iter_) == 4 and len(est.seeds_) == 4
+    assert match_maps(est.components_, standardized_truth(X, S))[0] >= 0.95
+    assert est.stability_.min() > 0.7
+
+
+# ------------------------------------------------------------------ input checks
+def test_bad_inputs():
+    X, _, _, lengths = make_data(seed=9, n_subjects=2)
+    with pytest.raises(FuncnetError, match="exceeds the rank"):
+        CanICA(n_components=500, n_init=1, method="reference").fit(X[:50])
+    with pytest.raises(FuncnetError, match="exceeds the numerical rank"):
+        low = np.random.default_rng(0).normal(size=(200, 3)) @ np.random.default_rng(1).normal(size=(3, 100))
+        CanICA(n_components=10, n_init=1, method="reference").fit(low)
+    bad = X.copy()
+    bad[5, 7] = np.nan
+    bad[9, 7] = np.inf
+    bad[11, 30] = np.nan
+    with pytest.raises(FuncnetError, match=r"3 NaN/inf values in 2 neuron\(s\) \(first at token 5, neuron 7\)") as e:
+        CanICA(n_components=4, n_init=1).fit(bad)
+    assert "\n" not in str(e.value)
+    with pytest.raises(FuncnetError, match="empty"):
+        CanICA(n_components=2).fit(np.zeros((0, 10)))
+    with pytest.raises(FuncnetError, match="empty"):
+        CanICA(n_components=2).fit([])
+    with pytest.raises(FuncnetError, match="n_components"):
+        CanICA(n_components=0).fit(X)
+    with pytest.raises(FuncnetError, match="2-D"):
+        CanICA(n_components=2).fit(np.zeros(10))
+    with pytest.raises(FuncnetError, match="all 5 neurons are constant"):
+        CanICA(n_components=2).fit(np.ones((20, 5)))
+    with pytest.raises(FuncnetError, match="method"):
+        CanICA(method="nilearn").fit(X)
+
+
+def test_constant_neurons_get_zero_loading():
+    X, S, _, lengths = make_data(seed=10)
+    X[:, [3, 40, 41]] = 2.5          # dead / constant neurons
+    est = CanICA(n_components=6, n_init=2).fit(split(X, lengths))
+    assert est.constant_[[3, 40, 41]].all() and est.constant_.sum() == 3
+    assert (est.components_[:, [3, 40, 41]] == 0).all()
+    assert est.scale_[3] == 1.0
+    keep = ~est.constant_
+    assert np.allclose(est.components_[:, keep].std(axis=1), 1)
+    assert match_maps(est.components_[:, keep], standardized_truth(X[:, keep], S[:, keep]))[0] > 0.95
+
+
+def test_convergence_warning_once_with_count():
+    X, _, _, lengths = make_data(seed=11)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        est = CanICA(n_components=6, n_init=3, max_iter=2).fit(split(X, lengths))
+    msgs = [x for x in w if issubclass(x.category, ICAConvergenceWarning)]
+    assert len(msgs) == 1 and "3 of 3 FastICA runs did not converge" in str(msgs[0].message)
+    assert not est.converged_.any() and (est.n_iter_ == 2).all()
+
+
+# ------------------------------------------------------------------ streaming and dtypes
+def test_streamed_input_matches_in_memory():
+    X, S, _, lengths = make_data(seed=12)
+    X = X.astype(np.float32)
+    mem = CanICA(n_components=6, n_init=2, method="reference").fit(X)
+    src = Chunks(X, 256, dtype=np.float16)          # float16 chunks, upcast chunk by chunk
+    stream = CanICA(n_components=6, n_init=2, method="reference", reduction="incremental").fit(src)
+    assert src.passes == 2                           # statistics pass + one MIGP pass
+    assert not hasattr(stream, "time_courses_")
+    np.testing.assert_allclose(stream.mean_, mem.mean_, atol=2e-3)
+    r, pairs = match_maps(stream.components_, mem.components_)
+    assert pairs[:, 2].min() > 0.995
+    # canica: chunks are subjects, same as passing the list of chunks
+    src32 = Chunks(X, lengths[0])
+    a = CanICA(n_components=6, n_init=2).fit(src32)
+    b = CanICA(n_components=6, n_init=2).fit(split(X, lengths))
+    np.testing.assert_allclose(a.components_, b.components_, atol=1e-5)
+    # transform of a stream = transform of the array
+    np.testing.assert_allclose(b.transform(src32), b.transform(X), atol=1e-4)
+
+
+def test_subjects_argument_and_torch_input():
+    X, _, _, lengths = make_data(seed=13)
+    a = CanICA(n_components=6, n_init=2).fit(split(X, lengths))
+    b = CanICA(n_components=6, n_init=2).fit(torch.from_numpy(X), subjects=lengths)
+    labels = np.repeat(np.arange(len(lengths)), lengths)
+    c = CanICA(n_components=6, n_init=2).fit(X, subjects=labels)
+    np.testing.assert_allclose(a.components_, b.components_, atol=1e-8)
+    np.testing.assert_allclose(a.components_, c.components_, atol=1e-8)
+    assert a.n_subjects_ == len(lengths) and a.n_tokens_ == X.shape[0]
+    with pytest.raises(FuncnetError, match="subjects="):
+        CanICA(n_components=6).fit(X, subjects=[5, 5])
+
+
+def test_transform_time_courses():
+    X, S, A, lengths = make_data(seed=14, noise=0.1)
+    est = CanICA(n_components=6, n_init=2, standardize=False).fit(X)
+    tc = est.time_courses_
+    assert tc.shape == (X.shape[0], 6)
+    np.testing.assert_allclose(est.transform(X), tc)
+    # each time course follows one true mixing column
+    C = np.abs(np.corrcoef(tc.T, A.T)[:6, 6:])
+    assert C.max(axis=1).min() > 0.95
+    # least squares: reconstructing the standardized data from maps and time courses is optimal
+    Z = (X - est.mean_) / est.scale_
+    resid = Z - tc @ est.components_
+    assert np.abs(resid @ est.components_.T).max() < 1e-6 * np.abs(Z @ est.components_.T).max()
+    with pytest.raises(FuncnetError, match="neurons"):
+        est.transform(X[:, :10])
+
+
+def test_fastica_batched_runs_equal_single_runs():
+    X, _, _, _ = make_data(seed=15)
+    V = CanICA(n_components=6, n_init=1, method="reference").fit(X).subspace_
+    batch = fastica(V, 6, random_state=3, n_runs=3)
+    for r, seed in enumerate([3] + []):
+        one = fastica(V, 6, w_init=initial_unmixing(seed, 6))
+        np.testing.assert_allclose(batch.sources[r].numpy(), one.sources[0].numpy(), atol=1e-8)
+    mixed = fastica(V, 6, random_state=3, n_runs=3, mixed_precision=True)
+    for r in range(3):
+        assert np.abs(np.corrcoef(mixed.sources[r].numpy(), batch.sources[r].numpy())[:6, 6:]).max(1).min() > 0.999
+    lc = fastica(V, 6, "logcosh", random_state=0)
+    assert lc.converged.all()
+    with pytest.raises(FuncnetError, match="fun"):
+        fastica(V, 6, "tanh")
+
+
+def test_fit_many_parallel_equals_sequential():
+    X1, _, _, l1 = make_data(seed=16)
+    X2, _, _, _ = make_data(seed=17)
+    params = dict(n_components=6, n_init=2)
+    res = fit_many([split(X1, l1), lambda: X2], params, n_jobs=2, progress=False)
+    assert len(res) == 2 and all(isinstance(r, CanICA) for r in res)
+    np.testing.assert_allclose(res[0].components_, CanICA(**params).fit(split(X1, l1)).components_, atol=1e-10)
+    np.testing.assert_allclose(res[1].components_, CanICA(**params).fit(X2).components_, atol=1e-10)
+    with pytest.raises(FuncnetError, match="input 1"):
+        fit_many([X1, np.zeros((0, 5))], params, progress=False)
+
+
+def test_sklearn_style_params():
+    est = CanICA(n_components=7, reduction="incremental")
+    p = est.get_params()
+    assert p["n_components"] == 7 and p["reduction"] == "incremental" and p["dtype"] is torch.float64
+    assert est.set_params(n_init=3) is est and est.n_init == 3
+    assert not hasattr(est, "components_")
+    with pytest.raises(FuncnetError, match="not fitted"):
+        est.transform(np.zeros((3, 4)))
