@@ -292,3 +292,66 @@ def test_report_renders_in_headless_chromium(results, tmp_path):
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     assert shot.exists() and shot.stat().st_size > 10000
+
+
+# ---------------------------------------------------------------------------- schema drift
+def _shape(o):
+    """The structure of a JSON value: dict keys, list element shape, scalar kind."""
+    if isinstance(o, dict):
+        return {k: _shape(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_shape(o[0])] if len(o) else []
+    if isinstance(o, bool):
+        return "bool"
+    if isinstance(o, (int, float, np.integer, np.floating)):
+        return "num"
+    return type(o).__name__
+
+
+def test_synthetic_results_match_explore_schemas(tmp_path, monkeypatch):
+    """The hand-built JSON files have the structure funcnet.explore writes (run with fake metrics)."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import funcnet.explore as ex
+    import funcnet.intervene as iv
+
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(ex, "measure", lambda lm, texts, **k: {
+        d: {"ppl": float(rng.uniform(10, 50)), "accuracy": 0.3, "n_tokens": 100} for d in texts})
+    for name in ("inhibit", "preserve", "amplify"):
+        monkeypatch.setattr(iv, name, lambda *a, **k: contextlib.nullcontext())
+    monkeypatch.setattr(iv, "random_like", lambda sel, lm, seed=0, **k: sel)
+    monkeypatch.setattr(iv, "random_fraction", lambda lm, f, seed=0, **k: {})
+    lm = SimpleNamespace(adapter=SimpleNamespace(neurons_per_layer=lambda m: [WIDTH] * N_LAYERS), model=None)
+    nets = synthetic_networks()
+    texts = {d: ["x"] for d in DOMAINS}
+    n_tok = 20
+    store = SimpleNamespace(tokens={"doc_ids": np.zeros(n_tok, int), "char_spans": np.array([[i, i + 1] for i in range(n_tok)])},
+                            layer_float=lambda l, s: rng.standard_normal((n_tok, WIDTH)).astype(np.float32))
+
+    class Corpus:
+        documents = [SimpleNamespace(text=EVIL + " some text " * 5)]
+
+        def __len__(self):
+            return 1
+
+    real = {
+        "lesion": ex.lesion_experiment(lm, nets, texts, top=3, n_random=2, progress=False),
+        "preserve": ex.preservation_experiment(lm, None, texts, ks=[K], nets_by_k={K: nets}, n_random=2, progress=False),
+        "amplify": ex.amplification_experiment(lm, nets, texts, top=2, factors=(0.5, 1.0, 2.0), progress=False),
+        "anatomy": ex.anatomy(nets, store, Corpus(), top=3, top_tokens=3),
+    }
+    res = synthetic_results(tmp_path / "r", which=tuple(real))
+    for name, obj in real.items():
+        mine = json.loads((res / f"{name}.json").read_text())
+        assert _shape(mine) == _shape(json.loads(json.dumps(obj))), name
+    # and the report renders the real dicts
+    from funcnet._io import write_json
+    from funcnet.report import render_html
+
+    out = tmp_path / "real"
+    for name, obj in real.items():
+        write_json(out / f"{name}.json", obj)
+    page = render_html(out)
+    assert "not run: no lesion.json" not in page and "&lt;script&gt;" in page
