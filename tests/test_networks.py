@@ -120,3 +120,36 @@ def test_make_groups_deterministic():
     g2 = make_groups(range(20), 3, 5, seed=1)
     assert all((a == b).all() for a, b in zip(g1, g2))
     assert len(set(np.concatenate(g1))) == 15
+
+
+def test_pruning_importance_and_masks():
+    d0 = _toy(np.array([[5.0, 0, -4.0, 0], [0, 1.0, 0, 3.0]]), layer=1, unit="L01")
+    nets = FunctionalNetworks([d0], ["neurons"], [4, 4, 4])
+    imp = __import__("funcnet.networks", fromlist=["x"]).pruning_importance(nets)
+    assert imp[1].tolist() == [5, 1, 4, 3] and imp[0].tolist() == [0, 0, 0, 0]
+    from funcnet.networks import pruning_importance, pruning_keep_masks
+
+    pos = pruning_importance(nets, score="max_pos_z")
+    assert pos[1].tolist() == [5, 1, 0, 3]
+    freq = pruning_importance(nets, score="frequency", threshold=3.5)
+    assert freq[1].argmax() == 0 and freq[1][2] > freq[1][3]  # key once each; ties broken by |z|
+    masks = pruning_keep_masks(nets, threshold=3.6)
+    assert masks[1].tolist() == [True, False, True, False]
+    assert masks[0].all() and masks[2].all()  # layers not decomposed stay whole
+
+
+def test_prune_fn_end_to_end(lm):
+    import copy
+
+    from funcnet.prune import prune
+
+    texts = [t * 3 for t in TEXTS] * 4
+    m = as_loaded(copy.deepcopy(lm.model), lm.tokenizer)
+    res = prune(m, 0.25, of="mlp", method="fn", calib=texts, protect=(0, 0), n_groups=2, group_size=6,
+                n_components=4, fn_max_length=48, calib_tokens=512)
+    assert res.report["method"] == "fn" and abs(res.report["achieved_ratio"] - 0.25) < 0.02
+    m2 = as_loaded(copy.deepcopy(lm.model), lm.tokenizer)
+    res2 = prune(m2, None, of="mlp", method="fn-threshold", calib=texts, protect=(0, 0), n_groups=2, group_size=6,
+                 n_components=4, fn_max_length=48, calib_tokens=512, threshold=2.0)
+    kept = res2.report["kept_neurons_per_layer"]
+    assert all(0 < k < 64 for k in kept)

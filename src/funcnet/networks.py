@@ -520,14 +520,25 @@ def ensure_store(model, corpus: str, *, store: str | None, signals, layers="all"
 
     if store and Path(store, "manifest.json").exists():
         st = ActivationStore.open(store)
+        if st.manifest.get("model_identity") != model.identity:
+            raise FuncnetError(f"activation store {store} was recorded from another model "
+                               f"({st.manifest.get('model_spec')}); choose another --store")
         if st.complete:
             return st
-    if not store:
-        key = sha256_text(str(model.identity), corpus, split, ",".join(signals) if not isinstance(signals, str) else signals,
-                          str(layers), str(max_tokens), str(max_length))[:16]
-        store = str(cache_dir() / "stores" / key)
-    return record(model, corpus, out=store, signals=signals, layers=layers, split=split, max_tokens=max_tokens,
-                  max_length=max_length, batch_size=batch_size, resume=True)
+    kw = dict(signals=signals, layers=layers, split=split, max_tokens=max_tokens, max_length=max_length,
+              batch_size=batch_size)
+    if store:
+        return record(model, corpus, out=store, resume=True, **kw)
+    corpus_key = getattr(corpus, "identity", None) or str(corpus)
+    key = sha256_text(str(model.identity), corpus_key, split, ",".join(signals) if not isinstance(signals, str)
+                      else signals, str(layers), str(max_tokens), str(max_length))[:16]
+    cached = str(cache_dir() / "stores" / key)
+    try:
+        return record(model, corpus, out=cached, resume=True, **kw)
+    except FuncnetError as e:  # a cached store from an older corpus / funcnet: record it again
+        if "cannot resume" not in str(e):
+            raise
+        return record(model, corpus, out=cached, overwrite=True, **kw)
 
 
 def _cmd_networks(args) -> int:
@@ -582,3 +593,51 @@ def register_cli(sub) -> None:
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_networks)
+
+
+# ---------------------------------------------------------------------------- pruning support
+def pruning_importance(networks: FunctionalNetworks, lm=None, *, score: str = "max_abs_z", threshold: float = 3.6,
+                       min_stability: float | None = None, **_) -> dict[int, np.ndarray]:
+    """Per-layer functional-network importance of every MLP neuron (higher = keep).
+
+    score "max_abs_z": the largest |z| the neuron reaches in any map of any group; "max_pos_z":
+    the largest positive z; "frequency": in how many (map, group) pairs the neuron is key
+    (|z| > threshold), ties broken by max |z|. Layers without any decomposition get score 0.
+    """
+    if score in ("max_abs_z", "max_pos_z"):
+        return {l: v.astype(np.float64) for l, v in
+                networks.score_per_neuron(positive_only=score == "max_pos_z", min_stability=min_stability).items()}
+    if score == "frequency":
+        freq = networks.key_frequency(min_stability=min_stability, threshold=threshold)
+        mx = networks.score_per_neuron(min_stability=min_stability)
+        return {l: freq[l] + mx[l] / (1.0 + mx[l].max(initial=0.0)) for l in freq}
+    raise FuncnetError(f"unknown functional-network score '{score}'; choose max_abs_z, max_pos_z or frequency")
+
+
+def pruning_keep_masks(networks: FunctionalNetworks, lm=None, *, threshold: float = 3.6, positive_only: bool = False,
+                       min_stability: float | None = None, **_) -> dict[int, np.ndarray]:
+    """The reference rule: keep the union of all key neurons (|z| > threshold) over all maps and
+    groups. Layers that were not decomposed are kept whole."""
+    covered = {int(l) for d in networks.decompositions for l in np.unique(d.columns[:, 0])}
+    masks = networks.masks(min_stability=min_stability, threshold=threshold, positive_only=positive_only)
+    return {l: (m if l in covered else np.ones_like(m)) for l, m in masks.items()}
+
+
+def networks_for_pruning(lm, calib="builtin", *, n_groups: int = 4, group_size: int = 16, n_components: int = 64,
+                         max_length: int = 128, method: str = "reference", n_init: int = 1, signals=("neurons",),
+                         store: str | None = None, seed: int = 0, progress: bool = True, **ica) -> FunctionalNetworks:
+    """Per-layer functional networks of ``lm`` from ``n_groups`` groups of ``group_size`` calibration
+    texts (the reference: 80 groups of 40 texts, k = 128, one ICA run per group and layer)."""
+    from .corpus import load_corpus, tokenize
+
+    corpus = calib if hasattr(calib, "documents") else load_corpus(calib, split="calib")
+    need = n_groups * group_size
+    if len(corpus) < need:
+        raise FuncnetError(f"calibration text too short: {n_groups} groups x {group_size} texts needs {need} "
+                           f"documents, the corpus has {len(corpus)}")
+    pick = np.sort(np.random.default_rng(seed).choice(len(corpus), need, replace=False))
+    tok = tokenize(corpus.subset(pick), lm.tokenizer, max_length=max_length, mode="documents")
+    st = ensure_store(lm, tok, store=store, signals=list(signals))
+    return decompose(st, mode="per-layer", n_components=n_components, n_groups=n_groups, group_size=group_size,
+                     method=method, n_init=n_init, signals=list(signals), random_state=seed, progress=progress,
+                     model_identity=lm.identity, neurons_per_layer=lm.adapter.neurons_per_layer(lm.model), **ica)

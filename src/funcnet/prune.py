@@ -749,6 +749,18 @@ def prune(
         imp = importance if isinstance(importance, Importance) else imp_fn(lm, importance=importance)
     else:
         kw = dict(method_kw)
+        if networks is None and name in ("fn", "fn-threshold"):
+            if calib is None:
+                raise FuncnetError(f"method '{name}' needs functional networks (networks=) or calibration text (calib=)")
+            from .networks import networks_for_pruning
+
+            fn_keys = ("n_groups", "group_size", "n_components", "fn_method", "n_init", "fn_max_length")
+            fkw = {k: kw.pop(k) for k in fn_keys if k in kw}
+            if "fn_method" in fkw:
+                fkw["method"] = fkw.pop("fn_method")
+            if "fn_max_length" in fkw:
+                fkw["max_length"] = fkw.pop("fn_max_length")
+            networks = networks_for_pruning(lm, calib, seed=seed, **fkw)
         if networks is not None:
             kw["networks"] = networks
         imp = compute_importance(method, lm, stats, seed=seed, heads=heads, **kw)
@@ -942,12 +954,12 @@ def _cmd_prune(args) -> int:
         raise FuncnetError(f"output folder '{out}' exists; pass --overwrite to replace it")
     if args.method in ("fn", "fn-threshold"):
         _networks_module()
-        if not args.networks:
-            raise FuncnetError(f"method '{args.method}' needs --networks FILE")
     lm = load_model(args.model, dtype=args.dtype)
     kw = {}
     if args.threshold is not None:
         kw["threshold"] = args.threshold
+    if args.method in ("fn", "fn-threshold") and not args.networks:
+        kw.update(n_groups=args.groups, group_size=args.group_size, n_components=args.n_components)
     res = prune(
         lm, args.ratio, of=args.of, method=args.method, calib=args.calib, calib_tokens=args.calib_tokens,
         batch_size=args.batch_size, heads=args.heads, bias_compensation=not args.no_bias_compensation,
@@ -976,6 +988,9 @@ def register_cli(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--networks", default=None, help="functional networks file (methods fn, fn-threshold)")
     p.add_argument("--threshold", type=float, default=None, help="z threshold T for fn-threshold")
+    p.add_argument("--groups", type=int, default=4, help="fn without --networks: groups of calibration texts")
+    p.add_argument("--group-size", type=int, default=16, help="fn without --networks: texts per group")
+    p.add_argument("-k", "--n-components", type=int, default=64, help="fn without --networks: maps per layer")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--seed", type=int, default=0)
