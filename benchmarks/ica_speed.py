@@ -1,0 +1,216 @@
+"""Benchmark funcnet's CanICA against nilearn CanICA, scikit-learn FastICA and the papers' recipe.
+
+Per-layer mode on real SmolLM2-135M activations (down-projection input, 1536 neurons per layer):
+each (method, layer) runs in a fresh subprocess so that its peak RSS is its own. Prints, per layer
+and method: wall time, peak RSS, subspace overlap with funcnet's group PCA subspace and agreement
+of funcnet's *stable* maps (stability >= --stable) with each method's maps (mean best |r|).
+The 30-layer figures are EXTRAPOLATED: mean time over the layers run x 30.
+
+    python benchmarks/ica_speed.py --layers 0,15,29 --k 128            # funcnet, reference, sklearn
+    python benchmarks/ica_speed.py --layers 15 --k 128 --methods all   # + nilearn (about 1 min / layer)
+    python benchmarks/ica_speed.py --npy-dir DIR                       # layer{L}.npy files instead of recording
+
+Activations come from ``funcnet.record.collect`` on ``funcnet.load_model("smollm2-135m")`` and
+``funcnet.corpus.load_corpus("builtin:prose")`` tokenized in packed windows of 128 tokens; each
+window is one subject for funcnet's CanICA. Needs the ``bench`` extra (nilearn, psutil) for nilearn.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+N_LAYERS_SMOLLM2 = 30
+ALL_METHODS = ("funcnet", "funcnet_seed1", "funcnet_ref", "reference", "sklearn", "nilearn")
+DEFAULT_METHODS = ("funcnet", "funcnet_seed1", "funcnet_ref", "reference", "sklearn")
+
+
+# ----------------------------------------------------------------------------- activations
+def record_activations(layers: list[int], max_tokens: int, window: int) -> dict[int, np.ndarray]:
+    try:
+        import funcnet
+        from funcnet.corpus import load_corpus, tokenize
+        from funcnet.record import collect
+    except ImportError as e:  # the recording API is written by another engineer
+        sys.exit(f"ica_speed: the recording API is not available yet ({e}); pass --npy-dir with layer{{L}}.npy files")
+    lm = funcnet.load_model("smollm2-135m")
+    corpus = load_corpus("builtin:prose")
+    tok = tokenize(corpus, lm.tokenizer, max_length=window, mode="packed", max_tokens=max_tokens)
+    acts = collect(lm, tok, signals=("neurons",), layers=layers)
+    return {l: np.ascontiguousarray(acts[(l, "neurons")], dtype=np.float32) for l in layers}
+
+
+# ----------------------------------------------------------------------------- methods (in a child)
+def _zscore(X: np.ndarray) -> np.ndarray:
+    sd = X.std(0)
+    sd[sd < 1e-6 * np.median(sd)] = 1
+    return (X - X.mean(0)) / sd
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: per address space, so not inherited through fork + exec
+    as ru_maxrss is on Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_method(method: str, path: str, k: int, n_init: int, window: int, out: str) -> None:
+    warnings.simplefilter("ignore")
+    X = np.load(path)
+    t0 = time.perf_counter()
+    res: dict = {}
+    if method.startswith("funcnet"):
+        from funcnet.ica import CanICA
+
+        subjects = [X[s:s + window] for s in range(0, len(X), window)]
+        if method == "funcnet_ref":
+            est = CanICA(n_components=k, n_init=1, method="reference", random_state=666).fit(X)
+        else:
+            est = CanICA(n_components=k, n_init=n_init, random_state=1 if method == "funcnet_seed1" else 0)
+            est.fit(subjects)
+        res = dict(maps=est.components_, subspace=est.subspace_.numpy(), stability=est.stability_,
+                   converged=int(est.converged_.sum()), runs=len(est.converged_))
+    elif method == "reference":   # the papers' recipe as written: full SVD, FastICA cube, float64
+        import torch
+        from sklearn.decomposition import FastICA
+
+        Z = torch.from_numpy(_zscore(X.astype(np.float64)))
+        U, _, _ = torch.linalg.svd(Z.T, full_matrices=False)
+        Uk = U[:, :k].numpy()
+        ica = FastICA(n_components=k, fun="cube", whiten="unit-variance", max_iter=300, tol=1e-4,
+                      random_state=666, algorithm="parallel")
+        S = ica.fit_transform(Uk).T
+        res = dict(maps=S, converged=int(ica.n_iter_ < 300), runs=1)
+    elif method == "sklearn":     # spatial ICA of the z-scored matrix, float64 input
+        from sklearn.decomposition import FastICA
+
+        Z = _zscore(X.astype(np.float64))
+        ica = FastICA(n_components=k, fun="cube", whiten="unit-variance", max_iter=300, tol=1e-4, random_state=0)
+        S = ica.fit_transform(Z.T).T
+        res = dict(maps=S, converged=int(ica.n_iter_ < 300), runs=1)
+    elif method == "nilearn":     # whole matrix as one subject, 4D image over an all-ones mask
+        import nibabel as nib
+        from nilearn.decomposition import CanICA as NiCanICA
+
+        T, N = X.shape
+        shape = (8, 12, 16)
+        assert int(np.prod(shape)) == N, f"nilearn wrapper expects {np.prod(shape)} neurons, got {N}"
+        affine = np.eye(4)
+        img = nib.Nifti1Image(X.T.reshape(*shape, T).astype(np.float32), affine)
+        mask = nib.Nifti1Image(np.ones(shape, dtype=np.int8), affine)
+        nc = NiCanICA(n_components=k, n_init=n_init, mask=mask, smoothing_fwhm=None, detrend=False,
+                      standardize="zscore_sample", random_state=0, threshold=None, verbose=0)
+        nc.fit(img)
+        comps = nc.components_
+        res = dict(maps=np.asarray(comps), runs=n_init, converged=-1)
+    else:
+        raise SystemExit(f"unknown method {method}")
+    res["seconds"] = time.perf_counter() - t0
+    res["peak_rss_mb"] = _peak_rss_mb()
+    np.savez(out, **{k_: np.asarray(v) for k_, v in res.items()})
+
+
+# ----------------------------------------------------------------------------- comparisons
+def compare(ref: dict, other: dict, stable: float) -> tuple[float, float, int]:
+    from funcnet.ica import subspace_overlap
+
+    maps = other["maps"]
+    ov = subspace_overlap(ref["subspace"], maps.T)
+    keep = ref["stability"] >= stable
+    if not keep.any():
+        return ov, float("nan"), 0
+    A = ref["maps"][keep]
+    A = (A - A.mean(1, keepdims=True)) / A.std(1, keepdims=True)
+    B = (maps - maps.mean(1, keepdims=True)) / np.maximum(maps.std(1, keepdims=True), 1e-300)
+    r = np.abs(A @ B.T) / A.shape[1]
+    return ov, float(r.max(axis=1).mean()), int(keep.sum())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--layers", default="0,15,29")
+    ap.add_argument("--k", type=int, default=128)
+    ap.add_argument("--n-init", type=int, default=10)
+    ap.add_argument("--max-tokens", type=int, default=16384)
+    ap.add_argument("--window", type=int, default=128, help="tokens per subject (packed window)")
+    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma list or 'all' ({', '.join(ALL_METHODS)})")
+    ap.add_argument("--stable", type=float, default=0.8, help="stability index of the maps compared")
+    ap.add_argument("--npy-dir", default=None, help="read layer{L}.npy [tokens, neurons] instead of recording")
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    args = ap.parse_args(argv)
+    layers = [int(x) for x in args.layers.split(",")]
+    methods = list(ALL_METHODS) if args.methods == "all" else args.methods.split(",")
+    if "funcnet" not in methods:
+        methods.insert(0, "funcnet")   # the comparisons are made against funcnet's result
+
+    if args.npy_dir:
+        acts = {l: np.load(Path(args.npy_dir) / f"layer{l}.npy", mmap_mode="r")[: args.max_tokens] for l in layers}
+    else:
+        acts = record_activations(layers, args.max_tokens, args.window)
+    ctx = mp.get_context("spawn")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for l in layers:
+            path = os.path.join(tmp, f"layer{l}.npy")
+            np.save(path, np.ascontiguousarray(acts[l], dtype=np.float32))
+            T, N = acts[l].shape
+            results = {}
+            for m in methods:
+                out = os.path.join(tmp, f"{m}_{l}.npz")
+                p = ctx.Process(target=run_method, args=(m, path, args.k, args.n_init, args.window, out))
+                p.start()
+                p.join()
+                if p.exitcode != 0:
+                    print(f"layer {l} {m}: failed (exit {p.exitcode})", file=sys.stderr)
+                    continue
+                results[m] = dict(np.load(out))
+                r = results[m]
+                print(f"layer {l:2d} {m:14s} {float(r['seconds']):7.2f} s  peak RSS {float(r['peak_rss_mb']):6.0f} MB",
+                      flush=True)
+            ref = results.get("funcnet")
+            for m, r in results.items():
+                row = dict(layer=l, method=m, tokens=T, neurons=N, k=args.k, seconds=float(r["seconds"]),
+                           peak_rss_mb=float(r["peak_rss_mb"]))
+                if ref is not None and m != "funcnet":
+                    row["subspace_overlap"], row["stable_map_agreement"], row["n_stable"] = compare(ref, r, args.stable)
+                if "stability" in r:
+                    row["n_stable"] = int((r["stability"] >= args.stable).sum())
+                rows.append(row)
+
+    print()
+    print(f"per-layer mode, k={args.k}, n_init={args.n_init} (funcnet, nilearn), tokens={T}, neurons={N}, layers {layers}")
+    print(f"{'method':14s} {'s/layer':>8s} {'30 layers*':>10s} {'peak RSS MB':>11s} {'overlap':>8s} {'stable agr':>10s}")
+    for m in methods:
+        rs = [r for r in rows if r["method"] == m]
+        if not rs:
+            continue
+        sec = float(np.mean([r["seconds"] for r in rs]))
+        ov = np.mean([r.get("subspace_overlap", np.nan) for r in rs])
+        ag = np.mean([r.get("stable_map_agreement", np.nan) for r in rs])
+        rss = max(r["peak_rss_mb"] for r in rs)
+        print(f"{m:14s} {sec:8.2f} {sec * N_LAYERS_SMOLLM2 / 60:9.1f}m {rss:11.0f} {ov:8.3f} {ag:10.3f}")
+    print(f"* extrapolated: mean seconds per layer x {N_LAYERS_SMOLLM2} layers. overlap: subspace overlap with "
+          f"funcnet's group PCA subspace; stable agr: mean best-match |r| of funcnet's maps with stability >= "
+          f"{args.stable} against the method's maps. Load average at the end: {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} CPUs.")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
