@@ -43,8 +43,15 @@ def _token_stream(tokenizer, spec: str, split: str, max_tokens: int) -> torch.Te
     return torch.as_tensor(np.stack([np.asarray(s.input_ids) for s in tok.sequences]), dtype=torch.long)
 
 
-def _train(model, windows: torch.Tensor, *, steps: int, batch: int, lr: float, seed: int, log_every: int = 50):
+def _train(model, windows: torch.Tensor, *, steps: int, batch: int, lr: float, seed: int, log_every: int = 50,
+           restrict_vocab: bool = False):
+    """AdamW on random windows. ``restrict_vocab``: the softmax runs over the token ids that occur in
+    ``windows`` only (tied embeddings; the full 49k-way head would dominate a tiny model's cost)."""
     g = torch.Generator().manual_seed(seed)
+    if restrict_vocab:
+        used = torch.unique(windows)
+        remap = torch.full((int(windows.max()) + 1,), -100, dtype=torch.long)
+        remap[used] = torch.arange(len(used))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
     model.train()
@@ -53,20 +60,25 @@ def _train(model, windows: torch.Tensor, *, steps: int, batch: int, lr: float, s
     for step in range(steps):
         idx = torch.randint(0, len(windows), (batch,), generator=g)
         x = windows[idx]
-        loss = model(input_ids=x, labels=x).loss
+        if restrict_vocab:
+            h = model.model(input_ids=x).last_hidden_state[:, :-1]
+            logits = h @ model.get_input_embeddings().weight[used].T
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, len(used)), remap[x[:, 1:]].reshape(-1))
+        else:
+            loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if (step + 1) % log_every == 0:
             print(f"  step {step + 1}/{steps} loss {np.mean(losses[-log_every:]):.3f} ({time.time() - t0:.0f} s)", flush=True)
     model.eval()
     return float(np.mean(losses[-20:])), time.time() - t0
 
 
-def tiny_model(seed: int, *, steps: int = 300, batch: int = 16, lr: float = 3e-3, force: bool = False) -> Path:
+def tiny_model(seed: int, *, steps: int = 200, batch: int = 8, lr: float = 3e-3, force: bool = False) -> Path:
     """A small SmolLM2-architecture model trained from scratch with ``seed`` (cached folder)."""
     import transformers as T
 
@@ -80,10 +92,10 @@ def tiny_model(seed: int, *, steps: int = 300, batch: int = 16, lr: float = 3e-3
     cfg = T.LlamaConfig(vocab_size=len(lm.tokenizer), bos_token_id=lm.config.bos_token_id,
                         eos_token_id=lm.config.eos_token_id, pad_token_id=lm.config.pad_token_id, **TINY)
     model = T.LlamaForCausalLM(cfg)
-    windows = _token_stream(lm.tokenizer, "builtin", "calib", 400_000)
+    windows = _token_stream(lm.tokenizer, "builtin", "calib", 200_000)
     print(f"training tiny model seed {seed}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params, "
           f"{len(windows)} windows", flush=True)
-    loss, secs = _train(model, windows, steps=steps, batch=batch, lr=lr, seed=seed)
+    loss, secs = _train(model, windows, steps=steps, batch=batch, lr=lr, seed=seed, restrict_vocab=True)
     model.save_pretrained(out)
     lm.tokenizer.save_pretrained(out)
     (out / "fixture.json").write_text(json.dumps({"seed": seed, "steps": steps, "batch": batch, "lr": lr,
@@ -91,7 +103,7 @@ def tiny_model(seed: int, *, steps: int = 300, batch: int = 16, lr: float = 3e-3
     return out
 
 
-def finetuned_smollm2(*, steps: int = 100, batch: int = 8, lr: float = 5e-5, force: bool = False) -> Path:
+def finetuned_smollm2(*, steps: int = 40, batch: int = 4, lr: float = 1e-4, force: bool = False) -> Path:
     """SmolLM2-135M fine-tuned (full, AdamW) on the built-in math documents (cached folder)."""
     import funcnet
 
@@ -112,8 +124,8 @@ def finetuned_smollm2(*, steps: int = 100, batch: int = 8, lr: float = 5e-5, for
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", type=int, default=3, help="number of independently trained tiny models")
-    ap.add_argument("--tiny-steps", type=int, default=300)
-    ap.add_argument("--ft-steps", type=int, default=100)
+    ap.add_argument("--tiny-steps", type=int, default=200)
+    ap.add_argument("--ft-steps", type=int, default=40)
     ap.add_argument("--no-finetune", action="store_true")
     ap.add_argument("--force", action="store_true")
     a = ap.parse_args(argv)

@@ -1,0 +1,254 @@
+"""Fingerprint robustness suite: is each suspect correctly called derived / independent?
+
+Victim: SmolLM2-135M (default probes, residual stream of all layers). Positives are built from it
+with a few lines of torch (permutation, rescaling, int8 noise, pruning, fine-tuning, a combination);
+negatives are Gemma-3-270M, a random-init SmolLM2 and small SmolLM2-architecture models trained from
+scratch with different seeds on the same text (scripts/make_fingerprint_fixtures.py, cached). A second
+block uses a tiny trained model as victim (its derivatives vs an independently trained twin).
+
+Per pair: FNF score, p-value, verdict, time; REEF-style baseline (linear CKA of the middle layer's
+hidden states, mean-pooled per word of the same probes, so different tokenizers and widths work) and
+weight-cosine baseline (mean cosine of flattened same-shape weight matrices; n/a across shapes).
+Overall: AUC, TPR at 1% FPR, |Z| of the weakest positive against the negatives, for each method.
+
+    python benchmarks/fingerprint_suite.py [--quick] [--out results/fingerprint_suite.json]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import funcnet  # noqa: E402
+from funcnet import fingerprint as F  # noqa: E402
+from funcnet.models import LoadedModel  # noqa: E402
+
+
+def _clone(lm: LoadedModel, fn, name: str) -> LoadedModel:
+    m = copy.deepcopy(lm.model)
+    fn(m)
+    return LoadedModel(model=m.eval(), tokenizer=lm.tokenizer, adapter=lm.adapter, spec=name)
+
+
+def _prune(lm: LoadedModel, ratio: float, name: str) -> tuple[LoadedModel, str]:
+    """Structured MLP pruning with funcnet.prune (FLAP + bias compensation); emulation otherwise."""
+    m = copy.deepcopy(lm.model)
+    sus = LoadedModel(model=m, tokenizer=lm.tokenizer, adapter=lm.adapter, spec=name)
+    try:
+        from funcnet.prune import prune
+
+        prune(sus, ratio, of="mlp", method="flap", calib="builtin", calib_tokens=2048, batch_size=4)
+        sus.model.eval()
+        return sus, "funcnet.prune flap + bias compensation"
+    except Exception as e:  # pragma: no cover - fallback when the pruning module is unavailable
+        print(f"  funcnet.prune failed ({type(e).__name__}: {e}); emulating", flush=True)
+        F.prune_lowest_norm(m, ratio)
+        return sus, "emulated: lowest-norm neurons zeroed"
+
+
+# ----------------------------------------------------------------------------- baselines
+def _word_states(keep: dict, prof: F.Profile, layer_frac: float = 0.5) -> np.ndarray:
+    """Middle-layer residual states, mean-pooled per word of every probe: [n_words, hidden]."""
+    feats = keep["features"]
+    layers = sorted({int(f.split(":")[0]) for f in feats if f.endswith(":residual")})
+    mid = layers[int(len(layers) * layer_frac)]
+    width = keep["X"].shape[1] // len(feats)
+    j = feats.index(f"{mid}:residual")
+    X = keep["X"][:, j * width:(j + 1) * width]
+    out = []
+    for p in range(len(prof.probes)):
+        a, b = keep["ranges"][p]
+        spans = prof.unit_spans[prof.unit_offsets[p]:prof.unit_offsets[p + 1]]
+        out.append(F.tokens_to_units(X[a:b], keep["token_spans"][a:b], spans))
+    return np.concatenate(out)
+
+
+def linear_cka(A: np.ndarray, B: np.ndarray) -> float:
+    ok = np.isfinite(A).all(1) & np.isfinite(B).all(1)
+    A = torch.as_tensor(A[ok], dtype=torch.float64)
+    B = torch.as_tensor(B[ok], dtype=torch.float64)
+    A = A - A.mean(0)
+    B = B - B.mean(0)
+    hsic = (A.T @ B).pow(2).sum()
+    return float(hsic / ((A.T @ A).pow(2).sum().sqrt() * (B.T @ B).pow(2).sum().sqrt()))
+
+
+def weight_cosine(m1, m2) -> float | None:
+    p1 = dict(m1.named_parameters())
+    vals = []
+    for name, p in m2.named_parameters():
+        q = p1.get(name)
+        if q is None or q.shape != p.shape or p.dim() != 2 or "embed" in name:
+            continue
+        vals.append(float(torch.nn.functional.cosine_similarity(q.detach().reshape(1, -1).float(),
+                                                                p.detach().reshape(1, -1).float())))
+    return float(np.mean(vals)) if vals else None
+
+
+# ----------------------------------------------------------------------------- metrics
+def metrics(pos: list[float], neg: list[float]) -> dict:
+    pos, neg = np.asarray([x for x in pos if x is not None], float), np.asarray([x for x in neg if x is not None], float)
+    if len(pos) == 0 or len(neg) == 0:
+        return {"auc": None, "tpr_at_1fpr": None, "z_weakest": None, "n_pos": int(len(pos)), "n_neg": int(len(neg))}
+    auc = float(np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg]))
+    thr = np.quantile(neg, 0.99, method="higher") if len(neg) >= 100 else neg.max()
+    tpr = float(np.mean(pos > thr))
+    z = float((pos.min() - neg.mean()) / max(neg.std(ddof=1) if len(neg) > 1 else 0.0, 1e-12))
+    return {"auc": auc, "tpr_at_1fpr": tpr, "z_weakest": z, "n_pos": int(len(pos)), "n_neg": int(len(neg))}
+
+
+# ----------------------------------------------------------------------------- suite
+def _wait(path: Path, seconds: float) -> None:
+    """Wait for a fixture another process (scripts/make_fingerprint_fixtures.py) is still building."""
+    t0 = time.time()
+    while seconds > 0 and not path.exists() and time.time() - t0 < seconds:
+        time.sleep(10)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT / "results" / "fingerprint_suite.json"))
+    ap.add_argument("--n-null", type=int, default=200)
+    ap.add_argument("--n-seeds", type=int, default=3)
+    ap.add_argument("--no-gemma", action="store_true")
+    ap.add_argument("--no-train", action="store_true", help="use only cached fixtures (never train)")
+    ap.add_argument("--wait-fixtures", type=float, default=0, help="seconds to wait for fixtures being built elsewhere")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    os.environ.setdefault("FUNCNET_NO_PROGRESS", "1")
+    rows = []
+    t_all = time.time()
+
+    def run(victim_name, vprof, vkeep, vmodel, name, lm, label, note=""):
+        t0 = time.time()
+        keep: dict = {}
+        try:
+            sp = F.profile(lm, vprof.probes, n_seeds=vprof.n_seeds, keep=keep)
+            res = F.compare(vprof, None, suspect_profile=sp, n_null=a.n_null)
+        except funcnet.FuncnetError as e:
+            print(f"  {name}: error {e}", flush=True)
+            return
+        secs = time.time() - t0
+        cka = linear_cka(_word_states(vkeep, vprof), _word_states(keep, sp))
+        wcos = weight_cosine(vmodel, lm.model)
+        want = "derived" if label else "independent"
+        row = {"victim": victim_name, "suspect": name, "label": "positive" if label else "negative",
+               "score": round(res.score, 4), "p_value": res.p_value, "verdict": res.verdict,
+               "correct": res.verdict == want, "null_mean": round(res.null["mean"], 4),
+               "null_max": round(res.null["max"], 4), "cka": round(cka, 4),
+               "weight_cos": None if wcos is None else round(wcos, 4), "time_s": round(secs, 1), "note": note}
+        rows.append(row)
+        print(f"  {victim_name:>8} vs {name:<28} {row['label']:<8} score {res.score:.3f} p {res.p_value:.4f} "
+              f"{res.verdict:<12} cka {cka:.3f} wcos {row['weight_cos']} {secs:.0f}s", flush=True)
+        return res
+
+    # ---------------- victim SmolLM2-135M
+    print("profiling victim smollm2-135m", flush=True)
+    lm = funcnet.load_model("smollm2-135m")
+    vkeep: dict = {}
+    t0 = time.time()
+    vprof = F.profile(lm, n_seeds=a.n_seeds, keep=vkeep)
+    victim_s = time.time() - t0
+    print(f"  victim profile {victim_s:.0f}s ({vprof.meta['n_tokens']} tokens)", flush=True)
+    V = "smollm2"
+    run(V, vprof, vkeep, lm.model, "perm-neurons+heads", _clone(lm, lambda m: (F.permute_neurons(m, 1),
+                                                                                F.permute_heads(m, 1)), "perm"), 1)
+    run(V, vprof, vkeep, lm.model, "rescale(0.5-2x)", _clone(lm, F.rescale_neurons, "rescale"), 1)
+    run(V, vprof, vkeep, lm.model, "int8-roundtrip", _clone(lm, F.quantize_int8, "int8"), 1)
+    for r in (0.2, 0.5):
+        sus, how = _prune(lm, r, f"prune{int(r * 100)}")
+        run(V, vprof, vkeep, lm.model, f"prune-mlp-{int(r * 100)}%", sus, 1, how)
+        del sus
+    run(V, vprof, vkeep, lm.model, "combo perm+rescale+int8+prune20",
+        _clone(lm, lambda m: (F.permute_neurons(m, 2), F.rescale_neurons(m, seed=2), F.quantize_int8(m),
+                              F.prune_lowest_norm(m, 0.2)), "combo"), 1, "prune emulated (lowest-norm zeroed)")
+    import transformers as T
+
+    torch.manual_seed(123)
+    rnd = T.AutoModelForCausalLM.from_config(lm.model.config).eval()
+    run(V, vprof, vkeep, lm.model, "random-init smollm2 arch",
+        LoadedModel(model=rnd, tokenizer=lm.tokenizer, adapter=lm.adapter, spec="random"), 0)
+    del rnd
+    if not a.no_gemma:
+        run(V, vprof, vkeep, lm.model, "gemma3-270m", funcnet.load_model("gemma3-270m"), 0)
+
+    try:
+        import make_fingerprint_fixtures as fx
+
+        ft = fx.fixture_dir() / "smollm2-ft-math-30"
+        _wait(ft / "fixture.json", a.wait_fixtures)
+        if not (ft / "config.json").exists() and not a.no_train:
+            ft = fx.finetuned_smollm2(steps=30)
+        if (ft / "config.json").exists():
+            info = json.loads((ft / "fixture.json").read_text())
+            run(V, vprof, vkeep, lm.model, "finetune-math", funcnet.load_model(str(ft)), 1,
+                f"full AdamW {info['steps']} steps x {info['batch']}x64 tok, lr {info['lr']}")
+    except Exception as e:
+        print(f"  fine-tuned model unavailable: {e}", flush=True)
+    tiny_dirs = []
+    try:
+        import make_fingerprint_fixtures as fx
+
+        for s in range(2):
+            d = fx.fixture_dir() / f"tiny-s{s}-80"
+            _wait(d / "fixture.json", a.wait_fixtures)
+            if not (d / "config.json").exists() and not a.no_train:
+                d = fx.tiny_model(s, steps=80)
+            if (d / "config.json").exists():
+                tiny_dirs.append(d)
+    except Exception as e:
+        print(f"  tiny fixtures unavailable: {e}", flush=True)
+    for d in tiny_dirs:
+        run(V, vprof, vkeep, lm.model, f"independent {d.name}", funcnet.load_model(str(d)), 0)
+    # ---------------- victim: tiny trained model
+    if len(tiny_dirs) >= 2:
+        t0_ = funcnet.load_model(str(tiny_dirs[0]))
+        tk: dict = {}
+        tprof = F.profile(t0_, n_seeds=a.n_seeds, keep=tk)
+        TV = "tiny-s0"
+        run(TV, tprof, tk, t0_.model, "perm+rescale+int8", _clone(t0_, lambda m: (F.permute_neurons(m, 4),
+            F.rescale_neurons(m, seed=4), F.quantize_int8(m)), "t-combo"), 1)
+        run(TV, tprof, tk, t0_.model, "prune-mlp-20% (emulated)", _clone(t0_, lambda m: F.prune_lowest_norm(m, 0.2),
+                                                                         "t-p20"), 1)
+        run(TV, tprof, tk, t0_.model, f"independent {tiny_dirs[1].name}", funcnet.load_model(str(tiny_dirs[1])), 0)
+
+    pos = [r for r in rows if r["label"] == "positive"]
+    neg = [r for r in rows if r["label"] == "negative"]
+    summary = {
+        "fnf": metrics([r["score"] for r in pos], [r["score"] for r in neg]),
+        "cka": metrics([r["cka"] for r in pos], [r["cka"] for r in neg]),
+        "weight_cos": metrics([r["weight_cos"] for r in pos], [r["weight_cos"] for r in neg]),
+        "verdicts_correct": f"{sum(r['correct'] for r in rows)}/{len(rows)}",
+        "victim_profile_s": round(victim_s, 1),
+        "median_compare_s": float(np.median([r["time_s"] for r in rows])) if rows else None,
+        "thresholds": {"t_high": F.T_HIGH, "t_low": F.T_LOW, "alpha": F.ALPHA},
+        "n_probes": len(vprof.probes), "n_seeds": vprof.n_seeds, "n_null": a.n_null,
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d %H:%M"), "total_s": round(time.time() - t_all, 1),
+    }
+    print(json.dumps(summary, indent=2))
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
+    print("| victim | suspect | truth | FNF score | p | verdict | CKA | weight cos | time s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        wc = "n/a" if r["weight_cos"] is None else f"{r['weight_cos']:.3f}"
+        print(f"| {r['victim']} | {r['suspect']} | {r['label']} | {r['score']:.3f} | {r['p_value']:.3g} | "
+              f"{r['verdict']}{'' if r['correct'] else ' (WRONG)'} | {r['cka']:.3f} | {wc} | {r['time_s']:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

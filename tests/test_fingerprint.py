@@ -1,0 +1,305 @@
+"""Fingerprint tests: alignment across tokenizers, the null distribution, each perturbation family,
+profile files and bad input. Tiny random-init models with tiny tokenizers built by ``tokenizers``."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from funcnet import fingerprint as F
+from funcnet.errors import FuncnetError
+from funcnet.models import LoadedModel
+
+PROBES = list(F.DEFAULT_PROBES[:6])
+KW = dict(n_components=12, n_seeds=2, max_length=1024)
+
+
+# ----------------------------------------------------------------------------- tiny tokenizers / models
+def _fast(tok_obj):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=tok_obj, unk_token="[UNK]", pad_token="[PAD]")
+
+
+def char_tokenizer(texts):
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    chars = sorted({c for t in texts for c in t})
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{c: i + 2 for i, c in enumerate(chars)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return _fast(tok)
+
+
+def word_tokenizer(texts):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    pre = pre_tokenizers.Whitespace()
+    words = sorted({w for t in texts for w, _ in pre.pre_tokenize_str(t)})
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre
+    return _fast(tok)
+
+
+_TOKS = {}
+
+
+def get_tok(kind):
+    if kind not in _TOKS:
+        _TOKS[kind] = (char_tokenizer if kind == "char" else word_tokenizer)(list(F.DEFAULT_PROBES))
+    return _TOKS[kind]
+
+
+def tiny(seed=0, tok="word", layers=3, hidden=64, inter=128):
+    import transformers as T
+
+    tk = get_tok(tok)
+    torch.manual_seed(seed)
+    cfg = T.LlamaConfig(num_hidden_layers=layers, hidden_size=hidden, intermediate_size=inter, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=len(tk), max_position_embeddings=2048, pad_token_id=0,
+                        bos_token_id=None, eos_token_id=None)
+    model = T.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.15 if "embed" not in name else 1.0)
+    return LoadedModel(model=model, tokenizer=tk, adapter=F.get_adapter(model) if hasattr(F, "get_adapter") else
+                       __import__("funcnet").get_adapter(model), spec=f"tiny-{tok}-s{seed}")
+
+
+def derived(lm, fn, name):
+    m = copy.deepcopy(lm.model)
+    fn(m)
+    return LoadedModel(model=m, tokenizer=lm.tokenizer, adapter=lm.adapter, spec=name)
+
+
+@pytest.fixture(scope="module")
+def victim():
+    lm = tiny(0)
+    return lm, F.profile(lm, PROBES, **KW)
+
+
+# ----------------------------------------------------------------------------- alignment
+def test_unit_spans_and_token_aggregation():
+    text = "Hello, wonderful world!"
+    w = F.unit_spans(text, "words")
+    assert [text[a:b] for a, b in w] == ["Hello", ",", "wonderful", "world", "!"]
+    assert len(F.unit_spans(text, "chars")) == len(text.replace(" ", ""))
+    # tokens: BOS (empty span), "Hello", ",", " wonder", "ful", " world!" (one token covering two units)
+    spans = np.array([[0, 0], [0, 5], [5, 6], [6, 13], [13, 17], [17, 23]])
+    vals = np.array([100.0, 1, 2, 3, 5, 7])
+    out = F.tokens_to_units(vals, spans, w)[:, 0]
+    np.testing.assert_allclose(out, [1, 2, 4, 7, 7])  # BOS ignored, "wonderful" = mean(3, 5)
+    # a unit no token covers (truncated) is NaN
+    assert np.isnan(F.tokens_to_units(vals[:3], spans[:3], w)[3:, 0]).all()
+
+
+def test_alignment_across_two_tokenizers_keeps_a_known_signal():
+    from funcnet.corpus import Corpus, Document, tokenize
+
+    ct, wt = get_tok("char"), get_tok("word")
+    texts = PROBES[:3]
+    corpus = Corpus("t", [Document(t, i, f"p{i}", "text") for i, t in enumerate(texts)])
+    tc, tw = tokenize(corpus, ct, max_length=4096), tokenize(corpus, wt, max_length=4096)
+    rng = np.random.default_rng(0)
+    for p, text in enumerate(texts):
+        units = F.unit_spans(text, "words")
+        signal = rng.standard_normal(len(units))  # a known per-word signal
+        outs = []
+        for tok in (tc, tw):
+            seq = tok.sequences[p]
+            spans = np.asarray(seq.char_spans)
+            assert len(seq.input_ids) != len(units) or tok is tw
+            # each token carries the signal of the word it belongs to, plus token-level noise
+            owner = np.array([np.searchsorted(units[:, 1], a, side="right") for a, _ in spans])
+            vals = signal[np.minimum(owner, len(units) - 1)] + 0.05 * rng.standard_normal(len(spans))
+            outs.append(F.tokens_to_units(vals, spans, units)[:, 0])
+        a, b = outs
+        assert len(a) == len(b) == len(units)  # equal-length, aligned on the same words
+        assert len(tc.sequences[p].input_ids) > 2 * len(tw.sequences[p].input_ids)  # very different token counts
+        ok = np.isfinite(a) & np.isfinite(b)
+        assert ok.mean() > 0.95
+        assert np.corrcoef(a[ok], signal[ok])[0, 1] > 0.99 and np.corrcoef(b[ok], signal[ok])[0, 1] > 0.99
+
+
+def test_different_tokenizers_compare_on_words(victim):
+    """A char-level model and a word-level model: the comparison runs (shared words) and is not 'derived'."""
+    _, prof = victim
+    other = tiny(5, tok="char", layers=2)
+    res = F.compare(prof, other, n_null=100)
+    assert np.isfinite(res.score) and res.verdict != "derived"
+    assert res.params["n_probes"] == len(PROBES)
+    assert res.suspect["n_units"] == 2 * 64 and res.victim["n_units"] == 3 * 64
+
+
+# ----------------------------------------------------------------------------- null distribution
+def test_independent_random_models_are_not_derived(victim):
+    _, prof = victim
+    for seed in (1, 2):
+        res = F.compare(prof, tiny(seed), n_null=120)
+        assert res.verdict != "derived", (seed, res.score, res.p_value)
+        assert res.score < F.T_HIGH
+
+
+def test_permuted_copy_is_derived_with_small_p(victim):
+    lm, prof = victim
+    sus = derived(lm, lambda m: (F.permute_neurons(m, 3), F.permute_heads(m, 3)), "perm")
+    res = F.compare(prof, sus, n_null=120)
+    assert res.verdict == "derived", (res.score, res.p_value)
+    assert res.p_value < 0.05 and res.score > 0.8
+    assert res.null["mean"] < 0.3 and res.null["n"] == 120
+    assert res.p_value == pytest.approx(1 / 121)
+
+
+def test_permutation_and_rescaling_preserve_the_function():
+    lm = tiny(0)
+    ids = torch.arange(2, 40)[None]
+    ref = lm.model(ids).logits
+    for fn in (F.permute_neurons, F.permute_heads, F.rescale_neurons):
+        m = copy.deepcopy(lm.model)
+        fn(m)
+        torch.testing.assert_close(m(ids).logits, ref, atol=1e-4, rtol=1e-4)
+        assert not torch.equal(m.model.layers[0].mlp.up_proj.weight, lm.model.model.layers[0].mlp.up_proj.weight) \
+            or fn is F.permute_heads
+
+
+@pytest.mark.parametrize("family", ["rescale", "quantize", "prune20", "finetune"])
+def test_perturbation_families_are_derived(victim, family):
+    lm, prof = victim
+    if family == "rescale":
+        fn = lambda m: F.rescale_neurons(m, seed=1)  # noqa: E731
+    elif family == "quantize":
+        fn = F.quantize_int8
+    elif family == "prune20":
+        fn = lambda m: F.prune_lowest_norm(m, 0.2)  # noqa: E731
+    else:
+        fn = _finetune
+    sus = derived(lm, fn, family)
+    diff = sum(float((a - b).abs().sum().detach()) for a, b in zip(sus.model.parameters(), lm.model.parameters()))
+    assert diff > 0  # the suspect really differs
+    res = F.compare(prof, sus, n_null=120)
+    assert res.verdict == "derived", (family, res.score, res.p_value)
+
+
+def _finetune(model, steps=20):
+    tk = get_tok("word")
+    ids = torch.as_tensor(tk("Cities should plant more trees, and the printing press was developed in Mainz. " * 4)
+                          ["input_ids"])[None]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    return model
+
+
+# ----------------------------------------------------------------------------- files and errors
+def test_profile_round_trip(victim, tmp_path):
+    _, prof = victim
+    path = prof.save(tmp_path / "v.fnf")
+    back = F.Profile.load(path)
+    np.testing.assert_array_equal(back.timecourses, prof.timecourses)
+    assert back.probes == prof.probes and back.params == prof.params and back.model == prof.model
+    assert all(np.array_equal(a, b) for sa, sb in zip(back.key_units, prof.key_units) for a, b in zip(sa, sb))
+    assert back.n_networks == 12 and back.n_seeds == 2
+    assert path.stat().st_size < 1_000_000
+
+
+def test_profile_file_errors(victim, tmp_path):
+    _, prof = victim
+    good = prof.save(tmp_path / "v.fnf").read_bytes()
+    bad = tmp_path / "bad.fnf"
+    bad.write_bytes(good[: len(good) // 2])
+    with pytest.raises(FuncnetError, match="corrupted"):
+        F.Profile.load(bad)
+    bad.write_bytes(b"\x00" * 20)
+    with pytest.raises(FuncnetError, match="corrupted|not a funcnet"):
+        F.Profile.load(bad)
+    # another format version
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "v.fnf"), framework="numpy") as f:
+        meta = dict(f.metadata())
+    meta["format_version"] = "99"
+    save_file(load_file(str(tmp_path / "v.fnf")), str(bad), metadata=meta)
+    with pytest.raises(FuncnetError, match="format version 99"):
+        F.Profile.load(bad)
+    with pytest.raises(FuncnetError, match="does not exist"):
+        F.Profile.load(tmp_path / "nope.fnf")
+
+
+def test_bad_input_errors(victim):
+    lm, prof = victim
+    with pytest.raises(FuncnetError, match="no words"):
+        F.profile(lm, ["   ", "fine text here"], **KW)
+    with pytest.raises(FuncnetError, match="tokenizes to nothing|tokenize to nothing"):
+        F.profile(lm, ["\u4e16\u754c \u4e16\u754c"] * 2, **KW)  # only unknown... see below
+    with pytest.raises(FuncnetError, match="too few tokens/units"):
+        F.profile(lm, PROBES[:1], n_components=60, n_seeds=1, max_length=1024)
+    with pytest.raises(FuncnetError, match="unknown signals"):
+        F.profile(lm, PROBES, signals="weights")
+
+
+def test_suspect_that_cannot_run(victim):
+    _, prof = victim
+    small = tiny(0)
+    with torch.no_grad():  # a suspect whose vocabulary is too small for the probe token ids
+        small.model.resize_token_embeddings(3)
+    with pytest.raises(FuncnetError, match="suspect"):
+        F.compare(prof, small, n_null=10)
+
+
+def test_null_size_must_reach_alpha(victim):
+    _, prof = victim
+    with pytest.raises(FuncnetError, match="n_null"):
+        F.compare(prof, None, suspect_profile=prof, n_null=50, alpha=0.01)
+
+
+def test_result_json_and_plot(victim, tmp_path):
+    lm, prof = victim
+    res = F.compare(prof, derived(lm, F.permute_neurons, "perm"), n_null=100)
+    d = json.loads(res.to_json(tmp_path / "r.json"))
+    assert d["verdict"] == res.verdict and len(d["pairs"]) >= 12 and {"victim", "suspect", "rho"} <= set(d["pairs"][0])
+    assert "top matched" in res.summary()
+    out = F.plot_matched(res, tmp_path / "m.png")
+    assert out.stat().st_size > 5000
+
+
+def test_cli_profile_and_compare(tmp_path, monkeypatch, capsys):
+    from funcnet import cli
+
+    lm = tiny(0)
+    monkeypatch.setattr("funcnet.models.load_model", lambda spec, **kw: lm if spec == "v" else
+                        derived(lm, F.permute_neurons, "s"))
+    probes = tmp_path / "p.txt"
+    probes.write_text("\n\n".join(PROBES))
+    rc = cli.main(["fingerprint", "profile", "--model", "v", "--out", str(tmp_path / "v.fnf"), "--probes", str(probes),
+                   "--n-components", "8", "--n-seeds", "1", "--max-length", "1024"])
+    assert rc == 0 and (tmp_path / "v.fnf").exists()
+    rc = cli.main(["fingerprint", "compare", str(tmp_path / "v.fnf"), "--model", "s", "--json", str(tmp_path / "r.json"),
+                   "--n-null", "100"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "verdict" in out and "DERIVED" in out
+    (tmp_path / "c.fnf").write_bytes(b"garbage" * 10)
+    rc = cli.main(["fingerprint", "compare", str(tmp_path / "c.fnf"), "--model", "s"])
+    cap = capsys.readouterr()
+    assert rc == 2 and "verdict" not in cap.out and "funcnet: error:" in cap.err
+
+
+@pytest.mark.integration
+def test_smollm2_permuted_is_derived(tmp_path):
+    import funcnet
+
+    lm = funcnet.load_model("smollm2-135m")
+    prof = F.profile(lm, F.DEFAULT_PROBES[:6], n_components=32, n_seeds=2, max_length=160)
+    sus = derived(lm, lambda m: (F.permute_neurons(m, 1), F.permute_heads(m, 1), F.rescale_neurons(m)), "perm")
+    res = F.compare(prof, sus, n_null=100)
+    assert res.verdict == "derived" and res.p_value < 0.05 and res.score > 0.9
