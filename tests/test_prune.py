@@ -459,8 +459,8 @@ def test_smollm2_flap_and_wanda_sp(tmp_path):
     from funcnet.corpus import load_corpus
 
     lm = funcnet.load_model("smollm2-135m")
-    st = P.calibration_stats(lm, load_corpus("builtin", split="calib"), calib_tokens=8192, batch_size=16)
-    assert st.n_tokens == 8192
+    st = P.calibration_stats(lm, load_corpus("builtin", split="calib"), calib_tokens=4096, batch_size=16)
+    assert st.n_tokens == 4096
     ids = lm.tokenizer("Once upon a time, there was a little", return_tensors="pt")["input_ids"]
     dense = copy.deepcopy(lm.model)
     dense_bytes = sum(p.numel() * p.element_size() for p in dense.parameters())
