@@ -596,13 +596,26 @@ def register_cli(sub) -> None:
 
 
 # ---------------------------------------------------------------------------- pruning support
+#: functional-network scores of :func:`pruning_importance`; the "fn-flap*" ones also need ``lm`` and ``stats``
+FN_SCORES = ("max_abs_z", "max_pos_z", "frequency", "fn-flap", "fn-flap-freq")
+FN_STATS_SCORES = ("fn-flap", "fn-flap-freq")
+
+
 def pruning_importance(networks: FunctionalNetworks, lm=None, *, score: str = "max_abs_z", threshold: float = 3.6,
-                       min_stability: float | None = None, **_) -> dict[int, np.ndarray]:
+                       min_stability: float | None = None, stats=None, z_power: float = 1.0,
+                       **_) -> dict[int, np.ndarray]:
     """Per-layer functional-network importance of every MLP neuron (higher = keep).
 
     score "max_abs_z": the largest |z| the neuron reaches in any map of any group; "max_pos_z":
     the largest positive z; "frequency": in how many (map, group) pairs the neuron is key
     (|z| > threshold), ties broken by max |z|. Layers without any decomposition get score 0.
+
+    The maps are decompositions of standardized activations, so these scores ignore each neuron's
+    scale and outgoing weights, which is what sets the output error of removing it (after bias
+    compensation that error is W[:, j] (x_j - mean_j), of expected squared norm FLAP's WIFV =
+    Var(x_j) ||W[:, j]||^2). "fn-flap" weights that error by network membership:
+    ``WIFV_j * max|z|_j ** z_power``; "fn-flap-freq": ``WIFV_j * (1 + frequency_j)``. Both need
+    ``lm`` and calibration ``stats`` (:func:`funcnet.prune.calibration_stats`).
     """
     if score in ("max_abs_z", "max_pos_z"):
         return {l: v.astype(np.float64) for l, v in
@@ -611,7 +624,21 @@ def pruning_importance(networks: FunctionalNetworks, lm=None, *, score: str = "m
         freq = networks.key_frequency(min_stability=min_stability, threshold=threshold)
         mx = networks.score_per_neuron(min_stability=min_stability)
         return {l: freq[l] + mx[l] / (1.0 + mx[l].max(initial=0.0)) for l in freq}
-    raise FuncnetError(f"unknown functional-network score '{score}'; choose max_abs_z, max_pos_z or frequency")
+    if score in FN_STATS_SCORES:
+        if lm is None or stats is None:
+            raise FuncnetError(f"functional-network score '{score}' needs the model and calibration statistics")
+        from .models import as_loaded
+        from .prune import imp_flap
+
+        wifv = imp_flap(as_loaded(lm), stats).neurons
+        if score == "fn-flap":
+            net = networks.score_per_neuron(min_stability=min_stability)
+            net = {l: v.astype(np.float64) ** float(z_power) for l, v in net.items()}
+        else:
+            net = {l: 1.0 + v for l, v in networks.key_frequency(min_stability=min_stability,
+                                                                   threshold=threshold).items()}
+        return {l: wifv[l] * net[l] if l in wifv else net[l] for l in net}
+    raise FuncnetError(f"unknown functional-network score '{score}'; choose from {', '.join(FN_SCORES)}")
 
 
 def pruning_keep_masks(networks: FunctionalNetworks, lm=None, *, threshold: float = 3.6, positive_only: bool = False,

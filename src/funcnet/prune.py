@@ -351,7 +351,7 @@ def imp_fn(lm: LoadedModel, stats=None, *, heads: bool = False, networks=None, i
         fn = getattr(net, "pruning_importance", None)
         if fn is None:
             raise FuncnetError("functional-network importance is not available (funcnet.networks.pruning_importance)")
-        importance = fn(networks, lm, **kw)
+        importance = fn(networks, lm, stats=stats, **kw)
     return Importance({int(k): np.asarray(v, dtype=np.float64) for k, v in importance.items()}, None, method="fn")
 
 
