@@ -106,3 +106,34 @@ def test_bench_method_names():
     assert bench.parse_method("fn-nocomp") == {"name": "fn-nocomp", "base": "fn", "score": None, "comp": False}
     assert bench.parse_method("fn:fn-flap+nocomp")["score"] == "fn-flap"
     assert bench.parse_method("flap")["comp"] is True
+
+
+def test_fn_default_score_uses_stats_when_given():
+    lm = as_loaded(tiny(), None)
+    nets, st = toy_networks(), stats_for(lm)
+    from funcnet.networks import DEFAULT_FN_SCORE
+
+    dflt = pruning_importance(nets, lm, stats=st)
+    named = pruning_importance(nets, lm, score=DEFAULT_FN_SCORE, stats=st)
+    assert all(np.array_equal(dflt[l], named[l]) for l in range(L))
+    pure = pruning_importance(nets)  # no model / stats: the pure network score
+    assert all(np.array_equal(pure[l], pruning_importance(nets, score="max_abs_z")[l]) for l in range(L))
+
+
+class _Tok:
+    eos_token_id, pad_token_id = 1, 0
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [2 + (b % 30) for b in text.encode()]}
+
+
+def test_prune_fn_without_compensation_still_calibrates_for_default_score():
+    lm = as_loaded(tiny(), _Tok())
+    nets = toy_networks()
+    res = P.prune(lm, 0.25, method="fn", networks=nets, calib=["some text here. " * 20], calib_tokens=64,
+                  bias_compensation=False, protect=(1, 0))
+    assert res.stats is not None and res.report["bias_compensation"] is False
+    with pytest.raises(FuncnetError, match="calibration"):
+        P.prune(as_loaded(tiny(), _Tok()), 0.25, method="fn", networks=nets, bias_compensation=False)
+    P.prune(as_loaded(tiny(), _Tok()), 0.25, method="fn", networks=nets, bias_compensation=False,
+            score="max_abs_z", protect=(1, 0))  # the pure score needs no calibration

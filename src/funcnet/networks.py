@@ -599,9 +599,12 @@ def register_cli(sub) -> None:
 #: functional-network scores of :func:`pruning_importance`; the "fn-flap*" ones also need ``lm`` and ``stats``
 FN_SCORES = ("max_abs_z", "max_pos_z", "frequency", "fn-flap", "fn-flap-freq")
 FN_STATS_SCORES = ("fn-flap", "fn-flap-freq")
+#: the score of pruning method "fn" when the model and calibration statistics are given (else "max_abs_z");
+#: chosen on held-out calibration text (docs/pruning.md)
+DEFAULT_FN_SCORE = "fn-flap"
 
 
-def pruning_importance(networks: FunctionalNetworks, lm=None, *, score: str = "max_abs_z", threshold: float = 3.6,
+def pruning_importance(networks: FunctionalNetworks, lm=None, *, score: str | None = None, threshold: float = 3.6,
                        min_stability: float | None = None, stats=None, z_power: float = 1.0,
                        **_) -> dict[int, np.ndarray]:
     """Per-layer functional-network importance of every MLP neuron (higher = keep).
@@ -616,7 +619,12 @@ def pruning_importance(networks: FunctionalNetworks, lm=None, *, score: str = "m
     Var(x_j) ||W[:, j]||^2). "fn-flap" weights that error by network membership:
     ``WIFV_j * max|z|_j ** z_power``; "fn-flap-freq": ``WIFV_j * (1 + frequency_j)``. Both need
     ``lm`` and calibration ``stats`` (:func:`funcnet.prune.calibration_stats`).
+
+    ``score=None`` (what ``prune(method="fn")`` uses) is :data:`DEFAULT_FN_SCORE` when ``lm`` and
+    ``stats`` are given, else the pure network score "max_abs_z".
     """
+    if score is None:
+        score = DEFAULT_FN_SCORE if (lm is not None and stats is not None) else "max_abs_z"
     if score in ("max_abs_z", "max_pos_z"):
         return {l: v.astype(np.float64) for l, v in
                 networks.score_per_neuron(positive_only=score == "max_pos_z", min_stability=min_stability).items()}

@@ -735,7 +735,8 @@ def prune(
             raise FuncnetError(f"ratio must be in (0, 1), got {ratio}")
     t0 = time.time()
     before = param_counts(lm)
-    need_stats = bias_compensation or name in NEEDS_CALIB
+    need_stats = bias_compensation or name in NEEDS_CALIB or (
+        name == "fn" and importance is None and method_kw.get("score") in (None, "fn-flap", "fn-flap-freq"))
     if stats is None and need_stats:
         if calib is None:
             raise FuncnetError(
