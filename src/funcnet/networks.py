@@ -9,6 +9,7 @@ texts). Each decomposition has ``k`` z-scored maps over its columns, and every c
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -399,7 +400,7 @@ def decompose(
     groups of ``group_size`` texts, each decomposed separately (the reference unions 80 x 40).
     With ``checkpoint`` (a folder), every finished group is saved and a re-run skips it.
     """
-    from .ica import CanICA
+    from .ica import fit_many
 
     store = source
     if not hasattr(store, "source"):
@@ -422,17 +423,13 @@ def decompose(
                   device=device, **ica_params)
 
     decs: list[Decomposition] = []
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(groups) * len(units), desc=f"ICA ({mode})", unit="fit",
-               disable=not progress or os.environ.get("FUNCNET_NO_PROGRESS") == "1")
+    show = progress and os.environ.get("FUNCNET_NO_PROGRESS") != "1"
     for g, docs in enumerate(groups):
         gfile = ckpt / f"group_{g:04d}.safetensors" if ckpt else None
         if gfile is not None and gfile.exists():
             part = FunctionalNetworks.load(gfile)
             if part.params.get("ica") == ica_kw and part.params.get("docs") == docs.tolist():
                 decs.extend(part.decompositions)
-                bar.update(len(units))
                 continue
         group_decs = []
         jobs = []
@@ -445,31 +442,30 @@ def decompose(
             cols = np.concatenate(keys_cols).astype(np.int32)
             jobs.append((unit, ls, cols))
 
-        def fit_one(job, g=g, docs=docs):
-            unit, ls, cols = job
+        def load_input(job, docs=docs):
+            _, ls, _ = job
             srcs = [store.source(ls, s, documents=docs if len(groups) > 1 else None) for s in signals]
-            est = CanICA(random_state=random_state + 1000 * g, **ica_kw)
             if method == "canica":
-                subj = [np.concatenate(parts, axis=1) for parts in zip(*[s.subjects() for s in srcs])]
-                est.fit(subj)
-            elif len(srcs) == 1:
-                est.fit(srcs[0])
-            else:
-                est.fit(np.concatenate([s.to_array() for s in srcs], axis=1))
-            return Decomposition(
-                maps=np.asarray(est.components_, dtype=np.float32), columns=cols,
-                stability=np.asarray(getattr(est, "stability_", np.ones(est.components_.shape[0])), np.float32),
-                group=g, unit=unit,
-                explained_variance=np.asarray(est.explained_variance_, np.float32)
-                if getattr(est, "explained_variance_", None) is not None else None,
-            )
+                return [np.concatenate(parts, axis=1) for parts in zip(*[s.subjects() for s in srcs])]
+            if len(srcs) == 1:
+                return srcs[0]
+            return np.concatenate([s.to_array() for s in srcs], axis=1)
 
-        results = _map_parallel(fit_one, jobs, n_jobs, bar)
+        ests = fit_many([functools.partial(load_input, j) for j in jobs],
+                        {**ica_kw, "random_state": random_state + 1000 * g}, n_jobs=n_jobs, progress=show,
+                        desc=f"ICA {mode}" + (f" group {g + 1}/{len(groups)}" if len(groups) > 1 else ""))
+        results = [
+            Decomposition(
+                maps=np.asarray(est.components_, dtype=np.float32), columns=cols,
+                stability=np.asarray(est.stability_, np.float32), group=g, unit=unit,
+                explained_variance=np.asarray(est.explained_variance_, np.float32),
+            )
+            for est, (unit, _, cols) in zip(ests, jobs)
+        ]
         group_decs.extend(results)
         if gfile is not None:
             FunctionalNetworks(group_decs, signals, npl, params={"ica": ica_kw, "docs": docs.tolist()}).save(gfile)
         decs.extend(group_decs)
-    bar.close()
     return FunctionalNetworks(
         decs, signals, npl, model_identity=model_identity or store.manifest.get("model_identity", ""),
         model_spec=store.manifest.get("model_spec", ""), corpus_identity=store.manifest.get("corpus_identity"),
@@ -484,29 +480,6 @@ def _neurons_per_layer(store) -> list[int]:
     for l in store.layers:
         widths[l] = store.width(l, sig)
     return widths
-
-
-def _map_parallel(fn, jobs, n_jobs, bar):
-    """Run ``fn`` over jobs with a thread pool (torch releases the GIL), keeping order."""
-    import torch
-
-    if n_jobs is None:
-        n_jobs = 1 if torch.get_num_threads() <= 2 else min(4, len(jobs))
-    if n_jobs <= 1 or len(jobs) <= 1:
-        out = []
-        for j in jobs:
-            out.append(fn(j))
-            bar.update(1)
-        return out
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(n_jobs) as ex:
-        futs = [ex.submit(fn, j) for j in jobs]
-        out = []
-        for f in futs:
-            out.append(f.result())
-            bar.update(1)
-        return out
 
 
 # ---------------------------------------------------------------------------- CLI
