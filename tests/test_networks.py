@@ -153,3 +153,21 @@ def test_prune_fn_end_to_end(lm):
                  n_components=4, fn_max_length=48, calib_tokens=512, threshold=2.0)
     kept = res2.report["kept_neurons_per_layer"]
     assert all(0 < k < 64 for k in kept)
+
+
+def test_networks_cli_on_saved_tiny_model(tmp_path, capsys):
+    from conftest import tiny_saved
+    from funcnet.cli import main
+
+    d = tiny_saved(tmp_path, "gpt2")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n\n".join(t * 3 for t in TEXTS * 3))
+    out = tmp_path / "nets.safetensors"
+    args = ["networks", "--model", str(d), "--corpus", str(texts), "--store", str(tmp_path / "st"), "-k", "3",
+            "--n-init", "2", "--mode", "whole", "--threshold", "2", "--min-stability", "0.1", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "networks in 1 decompositions" in printed and "union of key neurons" in printed
+    assert FunctionalNetworks.load(out).n_networks == 3
+    assert main(args) == 2  # refuses to overwrite
+    assert "exists" in capsys.readouterr().err

@@ -297,7 +297,7 @@ class FunctionalNetworks:
         if lm.adapter.neurons_per_layer(lm.model) != list(self.neurons_per_layer):
             raise FuncnetError("these networks do not fit this model's layer widths")
 
-    def summary(self, top: int = 10, **thr) -> str:
+    def summary(self, top: int = 10, min_stability: float | None = None, **thr) -> str:
         """A plain-text summary table."""
         stab = self.stability
         lines = [f"{self.n_networks} networks in {len(self.decompositions)} decompositions "
@@ -306,12 +306,13 @@ class FunctionalNetworks:
         if self.n_networks:
             lines.append(f"stability: median {np.median(stab):.2f}, >=0.8: {(stab >= 0.8).sum()}, "
                          f">=0.5: {(stab >= 0.5).sum()}")
-        union = self.masks(**thr)
+        union = self.masks(min_stability=min_stability, **thr)
         total = sum(self.neurons_per_layer)
         n_key = int(sum(m.sum() for m in union.values()))
         lines.append(f"union of key neurons: {n_key} of {total} ({100 * n_key / max(total, 1):.1f}%)")
         lines.append(f"{'id':>5} {'unit':>10} {'group':>5} {'stab':>5} {'keys':>6} {'layers':>8}")
-        order = np.argsort(-stab, kind="stable")[:top]
+        keep = np.asarray(self.select(min_stability=min_stability), dtype=np.int64)
+        order = keep[np.argsort(-stab[keep], kind="stable")][:top]
         for n in order:
             d, c = self.network(int(n))
             pairs = self.key_neurons(int(n), **thr)
