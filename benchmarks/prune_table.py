@@ -279,6 +279,29 @@ def main_table(rows, of) -> str:
     return "\n".join(lines)
 
 
+def pivot_table(rows) -> str:
+    """ppl@128 over all three domains' tokens (x dense), one row per method, one column per ratio."""
+    dense = next((r for r in rows if r["method"] == "dense"), None)
+    ratios = sorted({r["ratio"] for r in rows if r["ratio"]})
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "dense"))
+    by = {(r["method"], r["ratio"]): r for r in rows}
+    lines = ["| method | " + " | ".join(f"{x:.0%}" for x in ratios) + " |", "|---|" + "---|" * len(ratios)]
+    if dense:
+        lines.append(f"| dense | " + " | ".join(fmt(dense["ppl128_all"]) for _ in ratios) + " |")
+    for m in methods:
+        cells = []
+        best = {x: min(r["ppl128_all"] for (mm, rr), r in by.items() if rr == x and mm != "dense") for x in ratios}
+        for x in ratios:
+            r = by.get((m, x))
+            if r is None:
+                cells.append("-")
+                continue
+            c = fmt(r["ppl128_all"]) + (f" ({r['ppl128_all'] / dense['ppl128_all']:.2f}x)" if dense else "")
+            cells.append(f"**{c}**" if r["ppl128_all"] == best[x] else c)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def speed_table(rows) -> str:
     lines = ["| model | params | prefill tok/s (8x128) | generate tok/s (1x32 greedy) | RSS after load MB "
              "| peak RSS MB | safetensors MB |", "|---|---|---|---|---|---|---|"]
@@ -311,7 +334,20 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small end-to-end check")
     ap.add_argument("--json", default=None, help="output JSON (default benchmarks/results/prune_table-MODEL.json)")
     ap.add_argument("--refresh-networks", action="store_true")
+    ap.add_argument("--report", default=None, metavar="JSON", help="only print the tables of a results file")
     args = ap.parse_args(argv)
+    if args.report:
+        data = json.loads(Path(args.report).read_text())
+        print(main_table(data["rows"], data["args"]["of"]))
+        print("\nppl@128, all domains together (x dense; bold: lowest at that ratio)\n")
+        print(pivot_table(data["rows"]))
+        if data.get("speed"):
+            print()
+            print(speed_table(data["speed"]))
+        e = data["env"]
+        print(f"\n{e['date']}, {e['cpu_count']} CPUs, torch threads {e['torch_threads']}, load average "
+              f"{e['load_avg_start']} -> {e.get('load_avg_end', '?')}, command: {e['command']}")
+        return 0
     if args.quick:
         args.ratios = [0.2]
         args.windows, args.windows512, args.calib_tokens = 4, 2, 2048
@@ -418,6 +454,8 @@ def main(argv=None) -> int:
           f"{counts['all'] / 1e6:.2f}M; of={args.of}: removing r of {args.of} = r x "
           f"{counts[args.of] / counts['all']:.3f} of all parameters\n")
     print(main_table(rows, args.of))
+    print("\nppl@128, all domains together (x dense; bold: lowest at that ratio)\n")
+    print(pivot_table(rows))
     if speed:
         print("\n### speed and memory (subprocess per model)\n")
         print(speed_table(speed))
