@@ -185,7 +185,16 @@ if mode == "dense":
 else:
     from funcnet.prune import load_pruned
     lm = load_pruned(path)
-rss_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def vm(key):  # /proc/self/status VmHWM / VmRSS in MB: per address space, so reset by exec (ru_maxrss is not:
+    # a child forked from a large parent would report the parent's peak)
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+rss_load = vm("VmHWM")
 ids = tokenize_stream(lm.tokenizer, load_corpus("builtin", split="eval", domain="prose").texts)
 batch = ids[: 8 * 128].reshape(8, 128)
 base = lm.model.base_model
@@ -204,7 +213,7 @@ with torch.inference_mode():
     gen = reps * 32 / (time.perf_counter() - t0)
 text = lm.tokenizer.decode(out[0, 32:])
 print(json.dumps({"prefill_tok_s": prefill, "gen_tok_s": gen, "rss_after_load_mb": rss_load,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "peak_rss_mb": vm("VmHWM"), "rss_end_mb": vm("VmRSS"),
                   "params": sum(p.numel() for p in lm.model.parameters()), "sample": text}))
 """
 
@@ -303,7 +312,7 @@ def pivot_table(rows) -> str:
 
 
 def speed_table(rows) -> str:
-    lines = ["| model | params | prefill tok/s (8x128) | generate tok/s (1x32 greedy) | RSS after load MB "
+    lines = ["| model | params | prefill tok/s (8x128) | generate tok/s (1x32 greedy) | peak RSS after load MB "
              "| peak RSS MB | safetensors MB |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['params'] / 1e6:.1f}M | {r['prefill_tok_s']:.0f} | {r['gen_tok_s']:.1f} "
@@ -338,9 +347,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.report:
         data = json.loads(Path(args.report).read_text())
-        print(main_table(data["rows"], data["args"]["of"]))
-        print("\nppl@128, all domains together (x dense; bold: lowest at that ratio)\n")
-        print(pivot_table(data["rows"]))
+        if data["rows"]:
+            print(main_table(data["rows"], data["args"]["of"]))
+            print("\nppl@128, all domains together (x dense; bold: lowest at that ratio)\n")
+            print(pivot_table(data["rows"]))
         if data.get("speed"):
             print()
             print(speed_table(data["speed"]))
@@ -377,7 +387,7 @@ def main(argv=None) -> int:
     stats = P.calibration_stats(lm, calib, calib_tokens=args.calib_tokens, max_length=128)
     env["calib_seconds"] = time.perf_counter() - t0
     log(f"calibration stats: {stats.n_tokens} tokens in {env['calib_seconds']:.0f} s")
-    specs = [parse_method(m) for m in args.methods]
+    specs = [parse_method(m) for m in args.methods if m != "none"]  # --methods none: speed section only
     nets = None
     if any(s["base"].startswith("fn") for s in specs) or args.speed.startswith("fn"):
         nets, nets_path, env["networks_seconds"] = networks_cached(
@@ -453,9 +463,10 @@ def main(argv=None) -> int:
     print(f"MLP params {counts['mlp'] / 1e6:.2f}M, attn+MLP {counts['attn+mlp'] / 1e6:.2f}M, all "
           f"{counts['all'] / 1e6:.2f}M; of={args.of}: removing r of {args.of} = r x "
           f"{counts[args.of] / counts['all']:.3f} of all parameters\n")
-    print(main_table(rows, args.of))
-    print("\nppl@128, all domains together (x dense; bold: lowest at that ratio)\n")
-    print(pivot_table(rows))
+    if rows:
+        print(main_table(rows, args.of))
+        print("\nppl@128, all domains together (x dense; bold: lowest at that ratio)\n")
+        print(pivot_table(rows))
     if speed:
         print("\n### speed and memory (subprocess per model)\n")
         print(speed_table(speed))
