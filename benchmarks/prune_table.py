@@ -21,7 +21,7 @@ bias compensation from any method.
 each calib domain): what any choice of variant is made on, so that the eval split stays untouched.
 
     python benchmarks/prune_table.py                      # SmolLM2-135M, full table (~30-40 min on 2 cores)
-    python benchmarks/prune_table.py --quick              # end-to-end check (~3 min)
+    python benchmarks/prune_table.py --quick              # end-to-end check (3-10 min on 2 busy cores)
     python benchmarks/prune_table.py --model gemma3-270m --ratios 0.2 0.5 --methods dense flap fn ...
 """
 from __future__ import annotations
