@@ -324,3 +324,30 @@ def test_smollm2_prose_perplexity_and_lesion():
     assert hit.ppl > base.ppl * 1.05, (base.ppl, hit.ppl)
     print(f"\nSmolLM2 prose ppl {base.ppl:.2f} acc {base.accuracy:.3f} ({base.tokens_per_s:.0f} tok/s); "
           f"15% random inhibited: ppl {hit.ppl:.2f} acc {hit.accuracy:.3f}")
+
+
+def test_bos_tokenizer_gets_bos_in_every_window():
+    """A tokenizer that adds BOS (like Gemma's) gets BOS at the start of every window."""
+    import math
+
+    from tokenizers import processors
+
+    from conftest import char_tokenizer, tiny_model
+    from funcnet.evaluate import perplexity
+
+    tok = char_tokenizer()
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    assert tok("ab")["input_ids"][0] == 1
+    model = tiny_model("llama", vocab=128)
+    text = "The quick brown fox jumps over the lazy dog. " * 4
+    res = perplexity(model, tok, [text], window=16, batch_size=3, progress=False)
+    ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
+    n_win = ids.numel() // 16
+    assert res.n_windows == n_win and res.n_tokens == n_win * 16
+    nll = 0.0
+    with torch.no_grad():
+        for w in range(n_win):
+            x = torch.cat([torch.tensor([1]), ids[w * 16:(w + 1) * 16]])[None]
+            logp = torch.log_softmax(model(x).logits[0, :-1].float(), -1)
+            nll -= logp.gather(1, x[0, 1:, None]).sum().item()
+    assert math.isclose(res.nll, nll / (n_win * 16), rel_tol=1e-5)

@@ -426,6 +426,13 @@ def test_save_is_atomic_refuses_existing_and_load_pruned(tmp_path, monkeypatch):
     ids = torch.randint(2, V, (1, 7))
     with torch.no_grad():
         torch.testing.assert_close(lm2.model(ids).logits, model(ids).logits, atol=1e-4, rtol=1e-4)
+    # funcnet.load_model recognises a pruned folder too (what `funcnet eval --model DIR` uses)
+    from funcnet.models import load_model
+
+    lm3 = load_model(str(out))
+    assert lm3.info["pruning_report"]["method"] == "magnitude"
+    with torch.no_grad():
+        torch.testing.assert_close(lm3.model(ids).logits, model(ids).logits, atol=1e-4, rtol=1e-4)
     with pytest.raises(FuncnetError):
         P.load_pruned(tmp_path)
 

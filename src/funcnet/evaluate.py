@@ -241,6 +241,13 @@ def perplexity(
     if batch_size < 1:
         raise FuncnetError(f"batch_size must be at least 1, got {batch_size}")
     ids = tokenize_stream(tokenizer, texts, add_special_tokens=add_special_tokens)
+    # A tokenizer that starts every text with BOS (Gemma) gets BOS at the start of every window, as
+    # lm-eval's rolling windows do; the stream itself is cut without it. Others: plain windows.
+    bos = getattr(tokenizer, "bos_token_id", None)
+    prefix = None
+    if add_special_tokens and bos is not None and ids.numel() and int(ids[0]) == bos:
+        prefix = torch.tensor([bos], dtype=torch.long)
+        ids = ids[1:]
     starts = window_starts(ids.numel(), window, stride)
     if max_windows is not None:
         if int(max_windows) < 1:
@@ -249,7 +256,8 @@ def perplexity(
     if not starts:
         raise FuncnetError(f"the texts give {ids.numel()} tokens, fewer than one window of {window}")
     step = window if stride is None else int(stride)
-    overlap_from = max(0, window - step - 1)  # first logit position not scored by the previous window
+    # first logit position not scored by the previous window (with a BOS prefix, position i predicts token i)
+    overlap_from = max(0, window - step - (0 if prefix is not None else 1))
 
     dev = _input_device(model)
     split = _split_head(model)
@@ -266,7 +274,9 @@ def perplexity(
         with torch.inference_mode():
             for b in range(0, len(starts), batch_size):
                 bstarts = starts[b : b + batch_size]
-                batch = torch.stack([ids[s : s + window] for s in bstarts]).to(dev)
+                rows = [ids[s : s + window] if prefix is None else torch.cat([prefix, ids[s : s + window]])
+                        for s in bstarts]
+                batch = torch.stack(rows).to(dev)
                 targets = batch[:, 1:]
                 if split is not None:
                     base, head_fn = split

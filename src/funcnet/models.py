@@ -280,6 +280,11 @@ def load_model(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kind, where = resolve_spec(spec)
+    if kind == "folder" and (Path(where) / "modeling_funcnet_pruned.py").exists():
+        # a model pruned by funcnet: per-layer widths need funcnet's own modeling file in the folder
+        from .prune import load_pruned
+
+        return load_pruned(where, dtype=dtype, device=device)
     torch_dtype = _resolve_dtype(dtype)
     try:
         config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
