@@ -289,7 +289,8 @@ def test_report_renders_in_headless_chromium(results, tmp_path):
     write_report(results)
     shot = tmp_path / "shot.png"
     r = subprocess.run(["bash", str(ROOT / "scripts" / "check_report_render.sh"), str(results), str(shot)],
-                       capture_output=True, text=True, timeout=180)
+                       capture_output=True, text=True, timeout=180,
+                       env={**__import__("os").environ, "PYTHON": sys.executable})
     assert r.returncode == 0, r.stdout + r.stderr
     assert shot.exists() and shot.stat().st_size > 10000
 
