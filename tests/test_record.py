@@ -159,3 +159,42 @@ def test_many_small_chunks(lm, tmp_path):
     assert len(st.chunks) > 4 and st.complete
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert manifest["model_identity"] == lm.identity and manifest["tokenized_identity"]
+
+
+def test_record_offloaded_model_matches(tmp_path):
+    """Weights offloaded by accelerate (on 'meta', moved in by hooks) record the same values."""
+    import copy
+
+    from accelerate import cpu_offload
+
+    lm = as_loaded(tiny_model("llama", n_layers=3, vocab=128), char_tokenizer())
+    ref = collect(lm, TEXTS, layers="all", max_length=32)
+    off = copy.deepcopy(lm.model)
+    cpu_offload(off, execution_device=torch.device("cpu"))
+    assert next(off.parameters()).device.type == "meta"
+    st = record(as_loaded(off, lm.tokenizer), TEXTS, out=tmp_path / "s", layers="all", max_length=32,
+                dtype="float32", progress=False)
+    for l in range(3):
+        np.testing.assert_allclose(st.layer(l), ref[(l, "neurons")], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.integration
+def test_record_smollm2(tmp_path):
+    import funcnet
+
+    lm = funcnet.load_model("smollm2-135m")
+    st = record(lm, "builtin:prose", out=tmp_path / "s", layers=[0, 29], signals="neurons,residual",
+                max_tokens=512, progress=False)
+    assert st.n_tokens == 512 and st.width(29) == 1536 and st.width(0, "residual") == 576
+    a = st.layer_float(29)
+    assert np.isfinite(a).all() and a.std() > 0.1
+    mem = collect(lm, "builtin:prose", layers=[29], max_tokens=512)
+    np.testing.assert_allclose(a, mem[(29, "neurons")], rtol=2e-2, atol=2e-2)
+    # char spans index the corpus text of each token
+    from funcnet.corpus import load_corpus
+
+    corpus = load_corpus("builtin:prose", split="calib")
+    spans, docs = np.asarray(st.tokens["char_spans"]), np.asarray(st.tokens["doc_ids"])
+    texts = [corpus.documents[d].text[a:b] for d, (a, b) in zip(docs[:50], spans[:50])]
+    decoded = [lm.tokenizer.decode([int(t)]) for t in np.asarray(st.tokens["token_ids"])[:50]]
+    assert sum(t == d for t, d in zip(texts, decoded)) >= 45
