@@ -351,3 +351,34 @@ def test_bos_tokenizer_gets_bos_in_every_window():
             logp = torch.log_softmax(model(x).logits[0, :-1].float(), -1)
             nll -= logp.gather(1, x[0, 1:, None]).sum().item()
     assert math.isclose(res.nll, nll / (n_win * 16), rel_tol=1e-5)
+
+
+def test_lm_eval_on_saved_pruned_model(llama, tok, tmp_path, monkeypatch):
+    """A pruned model saved by funcnet and reloaded is evaluated by lm-eval-harness."""
+    pytest.importorskip("lm_eval")
+    import copy
+
+    from funcnet.models import as_loaded
+    from funcnet.prune import load_pruned, prune, save_pruned
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hfmod"))
+    res = prune(as_loaded(copy.deepcopy(llama), tok), 0.3, of="mlp", method="magnitude", bias_compensation=False,
+                protect=(0, 0))
+    out = save_pruned(res.lm, tok, tmp_path / "pruned", res.report)
+    lm2 = load_pruned(out)
+    assert lm2.adapter.neurons_per_layer(lm2.model) != ev_widths(llama)
+    task_dir = tmp_path / "tasks"
+    task_dir.mkdir()
+    jsonl = DATA / "lmeval" / "tiny_mc.jsonl"
+    yaml = (DATA / "lmeval" / "funcnet_tiny_mc.yaml").read_text()
+    (task_dir / "funcnet_tiny_mc.yaml").write_text(yaml.replace("tests/data/lmeval/tiny_mc.jsonl", str(jsonl.resolve())))
+    r = ev.lm_eval_tasks(lm2, None, ["funcnet_tiny_mc"], include_path=str(task_dir), include_defaults=False,
+                         batch_size=4)
+    assert r["results"]["funcnet_tiny_mc"]["acc,none"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def ev_widths(model):
+    from funcnet.adapters import get_adapter
+
+    return get_adapter(model).neurons_per_layer(model)
