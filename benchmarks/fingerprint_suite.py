@@ -48,11 +48,12 @@ def _prune(lm: LoadedModel, ratio: float, name: str) -> tuple[LoadedModel, str]:
     try:
         from funcnet.prune import prune
 
-        prune(sus, ratio, of="mlp", method="flap", calib="builtin", calib_tokens=2048, batch_size=4)
+        kw = {"protect": (1, 1)} if sus.n_layers <= 8 else {}  # tiny models: the default protects every layer
+        prune(sus, ratio, of="mlp", method="flap", calib="builtin", calib_tokens=2048, batch_size=4, **kw)
         sus.model.eval()
         return sus, "funcnet.prune flap + bias compensation"
-    except Exception as e:  # pragma: no cover - fallback when the pruning module is unavailable
-        print(f"  funcnet.prune failed ({type(e).__name__}: {e}); emulating", flush=True)
+    except ImportError as e:  # pragma: no cover - fallback when the pruning module is unavailable
+        print(f"  funcnet.prune unavailable ({e}); emulating", flush=True)
         F.prune_lowest_norm(m, ratio)
         return sus, "emulated: lowest-norm neurons zeroed"
 
@@ -123,6 +124,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-seeds", type=int, default=3)
     ap.add_argument("--no-gemma", action="store_true")
     ap.add_argument("--no-train", action="store_true", help="use only cached fixtures (never train)")
+    ap.add_argument("--cache", default=None, help="folder to cache victim/suspect profiles in (re-runs only compare)")
     ap.add_argument("--wait-fixtures", type=float, default=0, help="seconds to wait for fixtures being built elsewhere")
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
@@ -130,58 +132,103 @@ def main(argv=None) -> int:
     rows = []
     t_all = time.time()
 
-    def run(victim_name, vprof, vkeep, vmodel, name, lm, label, note=""):
+    cache = Path(a.cache) if a.cache else None
+    if cache:
+        cache.mkdir(parents=True, exist_ok=True)
+
+    def run(victim_name, vprof, vkeep, vmodel, name, make, label, note=""):
+        """``make``: a LoadedModel or a function returning one (called only when the suspect's
+        profile is not cached). With --cache, the suspect profile, its CKA word states, weight cosine
+        and profiling time are stored, so a re-run only re-does the comparison."""
+        key = f"{victim_name}__{name}".replace("/", "_").replace(" ", "_")
         t0 = time.time()
-        keep: dict = {}
+        hit = cache is not None and (cache / f"{key}.json").exists()
         try:
-            sp = F.profile(lm, vprof.probes, n_seeds=vprof.n_seeds, keep=keep)
+            if hit:
+                sp = F.Profile.load(cache / f"{key}.fnf")
+                ws = np.load(cache / f"{key}.npy")
+                info = json.loads((cache / f"{key}.json").read_text())
+                wcos, prof_s = info["weight_cos"], info["profile_s"]
+            else:
+                lm = make() if callable(make) else make
+                keep: dict = {}
+                sp = F.profile(lm, vprof.probes, n_seeds=vprof.n_seeds, keep=keep)
+                prof_s = time.time() - t0
+                ws = _word_states(keep, sp)
+                wcos = weight_cosine(vmodel, lm.model)
+                del keep, lm
+                if cache is not None:
+                    sp.save(cache / f"{key}.fnf")
+                    np.save(cache / f"{key}.npy", ws)
+                    (cache / f"{key}.json").write_text(json.dumps({"weight_cos": wcos, "profile_s": prof_s}))
+            t1 = time.time()
             res = F.compare(vprof, None, suspect_profile=sp, n_null=a.n_null)
         except funcnet.FuncnetError as e:
             print(f"  {name}: error {e}", flush=True)
             return
-        secs = time.time() - t0
-        cka = linear_cka(_word_states(vkeep, vprof), _word_states(keep, sp))
-        wcos = weight_cosine(vmodel, lm.model)
+        secs = prof_s + (time.time() - t1)
+        cka = linear_cka(_word_states(vkeep, vprof), ws)
         want = "derived" if label else "independent"
         row = {"victim": victim_name, "suspect": name, "label": "positive" if label else "negative",
                "score": round(res.score, 4), "p_value": res.p_value, "verdict": res.verdict,
                "correct": res.verdict == want, "null_mean": round(res.null["mean"], 4),
-               "null_max": round(res.null["max"], 4), "cka": round(cka, 4),
-               "weight_cos": None if wcos is None else round(wcos, 4), "time_s": round(secs, 1), "note": note}
+               "null_max": round(res.null["max"], 4), "raw_score": round(res.raw_score, 4), "cka": round(cka, 4),
+               "weight_cos": None if wcos is None else round(wcos, 4), "time_s": round(secs, 1),
+               "compare_s": round(time.time() - t1, 1), "note": note}
         rows.append(row)
-        print(f"  {victim_name:>8} vs {name:<28} {row['label']:<8} score {res.score:.3f} p {res.p_value:.4f} "
-              f"{res.verdict:<12} cka {cka:.3f} wcos {row['weight_cos']} {secs:.0f}s", flush=True)
+        print(f"  {victim_name:>8} vs {name:<28} {row['label']:<8} score {res.score:.3f} (raw {res.raw_score:.3f}) "
+              f"p {res.p_value:.4f} {res.verdict:<12} cka {cka:.3f} wcos {row['weight_cos']} {secs:.0f}s", flush=True)
         return res
+
+    def victim_profile(name, lm):
+        """Victim profile + raw recording (for the CKA baseline); cached with --cache."""
+        t0 = time.time()
+        if cache is not None and (cache / f"victim__{name}.fnf").exists():
+            prof = F.Profile.load(cache / f"victim__{name}.fnf")
+            info = json.loads((cache / f"victim__{name}.json").read_text())
+            keep: dict = {}
+            _ = F.profile(lm, prof.probes, n_seeds=1, n_components=2, keep=keep)  # recording only (CKA)
+            return prof, keep, info["profile_s"]
+        keep = {}
+        prof = F.profile(lm, n_seeds=a.n_seeds, keep=keep)
+        secs = time.time() - t0
+        if cache is not None:
+            prof.save(cache / f"victim__{name}.fnf")
+            (cache / f"victim__{name}.json").write_text(json.dumps({"profile_s": secs}))
+        return prof, keep, secs
 
     # ---------------- victim SmolLM2-135M
     print("profiling victim smollm2-135m", flush=True)
     lm = funcnet.load_model("smollm2-135m")
-    vkeep: dict = {}
-    t0 = time.time()
-    vprof = F.profile(lm, n_seeds=a.n_seeds, keep=vkeep)
-    victim_s = time.time() - t0
+    vprof, vkeep, victim_s = victim_profile("smollm2", lm)
     print(f"  victim profile {victim_s:.0f}s ({vprof.meta['n_tokens']} tokens)", flush=True)
     V = "smollm2"
-    run(V, vprof, vkeep, lm.model, "perm-neurons+heads", _clone(lm, lambda m: (F.permute_neurons(m, 1),
-                                                                                F.permute_heads(m, 1)), "perm"), 1)
-    run(V, vprof, vkeep, lm.model, "rescale(0.5-2x)", _clone(lm, F.rescale_neurons, "rescale"), 1)
-    run(V, vprof, vkeep, lm.model, "int8-roundtrip", _clone(lm, F.quantize_int8, "int8"), 1)
+    run(V, vprof, vkeep, lm.model, "perm-neurons+heads", lambda: _clone(lm, lambda m: (F.permute_neurons(m, 1),
+                                                                                        F.permute_heads(m, 1)), "perm"), 1)
+    run(V, vprof, vkeep, lm.model, "rescale(0.5-2x)", lambda: _clone(lm, F.rescale_neurons, "rescale"), 1)
+    run(V, vprof, vkeep, lm.model, "int8-roundtrip", lambda: _clone(lm, F.quantize_int8, "int8"), 1)
     for r in (0.2, 0.5):
-        sus, how = _prune(lm, r, f"prune{int(r * 100)}")
-        run(V, vprof, vkeep, lm.model, f"prune-mlp-{int(r * 100)}%", sus, 1, how)
-        del sus
-    run(V, vprof, vkeep, lm.model, "combo perm+rescale+int8+prune20",
-        _clone(lm, lambda m: (F.permute_neurons(m, 2), F.rescale_neurons(m, seed=2), F.quantize_int8(m),
-                              F.prune_lowest_norm(m, 0.2)), "combo"), 1, "prune emulated (lowest-norm zeroed)")
+        run(V, vprof, vkeep, lm.model, f"prune-mlp-{int(r * 100)}%", lambda r=r: _prune(lm, r, f"prune{int(r * 100)}")[0],
+            1, "funcnet.prune flap + bias compensation")
+
+    def combo():
+        sus = _clone(lm, lambda m: (F.permute_neurons(m, 2), F.permute_heads(m, 2), F.rescale_neurons(m, seed=2),
+                                    F.quantize_int8(m)), "combo")
+        return _prune(sus, 0.2, "combo")[0]
+
+    run(V, vprof, vkeep, lm.model, "combo perm+rescale+int8+prune20", combo, 1,
+        "permute neurons+heads, rescale, int8, then funcnet.prune flap 20%")
     import transformers as T
 
-    torch.manual_seed(123)
-    rnd = T.AutoModelForCausalLM.from_config(lm.model.config).eval()
+    def random_init(cfg, seed, tok, adapter):
+        torch.manual_seed(seed)
+        rnd = T.AutoModelForCausalLM.from_config(cfg).eval()
+        return LoadedModel(model=rnd, tokenizer=tok, adapter=adapter, spec=f"random-{seed}")
+
     run(V, vprof, vkeep, lm.model, "random-init smollm2 arch",
-        LoadedModel(model=rnd, tokenizer=lm.tokenizer, adapter=lm.adapter, spec="random"), 0)
-    del rnd
+        lambda: random_init(lm.model.config, 123, lm.tokenizer, lm.adapter), 0)
     if not a.no_gemma:
-        run(V, vprof, vkeep, lm.model, "gemma3-270m", funcnet.load_model("gemma3-270m"), 0)
+        run(V, vprof, vkeep, lm.model, "gemma3-270m", lambda: funcnet.load_model("gemma3-270m"), 0)
 
     try:
         import make_fingerprint_fixtures as fx
@@ -192,8 +239,10 @@ def main(argv=None) -> int:
             ft = fx.finetuned_smollm2(steps=30)
         if (ft / "config.json").exists():
             info = json.loads((ft / "fixture.json").read_text())
-            run(V, vprof, vkeep, lm.model, "finetune-math", funcnet.load_model(str(ft)), 1,
+            run(V, vprof, vkeep, lm.model, "finetune-math", lambda: funcnet.load_model(str(ft)), 1,
                 f"full AdamW {info['steps']} steps x {info['batch']}x64 tok, lr {info['lr']}")
+        else:
+            print("  fine-tuned model unavailable (run scripts/make_fingerprint_fixtures.py)", flush=True)
     except Exception as e:
         print(f"  fine-tuned model unavailable: {e}", flush=True)
     tiny_dirs = []
@@ -210,18 +259,25 @@ def main(argv=None) -> int:
     except Exception as e:
         print(f"  tiny fixtures unavailable: {e}", flush=True)
     for d in tiny_dirs:
-        run(V, vprof, vkeep, lm.model, f"independent {d.name}", funcnet.load_model(str(d)), 0)
+        run(V, vprof, vkeep, lm.model, f"independent {d.name}", lambda d=d: funcnet.load_model(str(d)), 0)
     # ---------------- victim: tiny trained model
     if len(tiny_dirs) >= 2:
         t0_ = funcnet.load_model(str(tiny_dirs[0]))
-        tk: dict = {}
-        tprof = F.profile(t0_, n_seeds=a.n_seeds, keep=tk)
+        tprof, tk, _ = victim_profile("tiny-s0", t0_)
         TV = "tiny-s0"
-        run(TV, tprof, tk, t0_.model, "perm+rescale+int8", _clone(t0_, lambda m: (F.permute_neurons(m, 4),
-            F.rescale_neurons(m, seed=4), F.quantize_int8(m)), "t-combo"), 1)
-        run(TV, tprof, tk, t0_.model, "prune-mlp-20% (emulated)", _clone(t0_, lambda m: F.prune_lowest_norm(m, 0.2),
-                                                                         "t-p20"), 1)
-        run(TV, tprof, tk, t0_.model, f"independent {tiny_dirs[1].name}", funcnet.load_model(str(tiny_dirs[1])), 0)
+        run(TV, tprof, tk, t0_.model, "perm+rescale+int8", lambda: _clone(t0_, lambda m: (F.permute_neurons(m, 4),
+            F.permute_heads(m, 4), F.rescale_neurons(m, seed=4), F.quantize_int8(m)), "t-combo"), 1)
+        run(TV, tprof, tk, t0_.model, "prune-mlp-20%", lambda: _prune(t0_, 0.2, "t-p20")[0], 1,
+            "funcnet.prune flap + bias compensation")
+        run(TV, tprof, tk, t0_.model, f"independent {tiny_dirs[1].name}",
+            lambda: funcnet.load_model(str(tiny_dirs[1])), 0)
+        run(TV, tprof, tk, t0_.model, "random-init tiny arch",
+            lambda: random_init(t0_.model.config, 7, t0_.tokenizer, t0_.adapter), 0)
+        # and the other way round: tiny-s1 as victim
+        t1_ = funcnet.load_model(str(tiny_dirs[1]))
+        t1prof, t1k, _ = victim_profile("tiny-s1", t1_)
+        run("tiny-s1", t1prof, t1k, t1_.model, f"independent {tiny_dirs[0].name}",
+            lambda: funcnet.load_model(str(tiny_dirs[0])), 0)
 
     pos = [r for r in rows if r["label"] == "positive"]
     neg = [r for r in rows if r["label"] == "negative"]

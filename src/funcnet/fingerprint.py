@@ -5,9 +5,15 @@ functional networks with spatial ICA (several seeds), and keeps each network's *
 every probe, aggregated onto words of the text (so models with different tokenizers can be compared).
 ``compare(profile, suspect)`` builds the suspect's own networks on the same texts, correlates every
 victim network with every suspect network (Spearman, averaged over probes), matches them one to one
-(Hungarian, sign-free), and turns the matched correlations into a score, a p-value from a null
-distribution that needs no other model (suspect time courses shuffled across probes / circularly
-shifted) and a verdict: ``derived``, ``independent`` or ``inconclusive``. See docs/fingerprint.md.
+(Hungarian, sign-free), and turns the matched correlations into a score, a p-value and a verdict:
+``derived``, ``independent`` or ``inconclusive``. See docs/fingerprint.md.
+
+Token-identity control (default ``control="word-identity"``): before correlating, each word-level
+time course loses the part explained by *which word* is present and *where* in the probe it is
+(additive word-type + position-bin means); any two models run on the same text share that part
+(two barely trained independent models scored 0.72 without it). The null distribution, which needs
+no other model, exchanges the suspect's values among occurrences of the same word, so it keeps
+everything token identity can explain.
 
 A profile is one small self-describing file (safetensors tensors + JSON metadata)::
 
@@ -631,11 +637,12 @@ class FingerprintResult:
     suspect: dict
     params: dict
     timing: dict
+    raw_score: float = float("nan")
     curves: list[dict] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
         return {
-            "score": self.score, "p_value": self.p_value, "verdict": self.verdict,
+            "score": self.score, "p_value": self.p_value, "verdict": self.verdict, "raw_score": self.raw_score,
             "thresholds": self.thresholds, "pairs": self.pairs, "null": self.null,
             "victim": self.victim, "suspect": self.suspect, "params": self.params, "timing": self.timing,
             "funcnet_version": _version(),
@@ -655,8 +662,9 @@ class FingerprintResult:
             f"victim:  {self.victim.get('spec')} ({self.victim.get('family')}, {self.victim.get('n_layers')} layers)",
             f"suspect: {self.suspect.get('spec')} ({self.suspect.get('family')}, {self.suspect.get('n_layers')} layers)",
             f"score    {self.score:.3f}   (derived >= {self.thresholds['t_high']:.2f}, independent < "
-            f"{self.thresholds['t_low']:.2f})",
-            f"p-value  {self.p_value:.4f}   (null: {self.null['n']} shuffled/shifted comparisons, mean "
+            f"{self.thresholds['t_low']:.2f}; without token-identity control {self.raw_score:.3f})",
+            f"p-value  {self.p_value:.4f}   (null: {self.null['n']} {'/'.join(self.null.get('by_kind', {})) or 'null'} "
+            f"draws, control {self.params.get('control', 'none')}, mean "
             f"{self.null['mean']:.3f}, sd {self.null['sd']:.3f}, max {self.null['max']:.3f}; alpha {self.thresholds['alpha']})",
             f"verdict  {self.verdict.upper()}",
             "",
@@ -688,6 +696,75 @@ def _labels(prof: Profile) -> list[str]:
     return [f"{s}:{j}" for s in range(prof.n_seeds) for j in range(prof.n_networks)]
 
 
+def _word_types(prof: Profile) -> np.ndarray:
+    """Integer type id of every text unit of the profile (the unit's exact string, over all probes)."""
+    ids: dict[str, int] = {}
+    out = np.empty(len(prof.unit_spans), dtype=np.int64)
+    for p, text in enumerate(prof.probes):
+        for i in range(int(prof.unit_offsets[p]), int(prof.unit_offsets[p + 1])):
+            a, b = prof.unit_spans[i]
+            out[i] = ids.setdefault(text[a:b], len(ids))
+    return out
+
+
+#: Position control: bins of relative position per probe (see _remove_identity).
+POSITION_BINS = 10
+
+
+def _remove_identity(X: np.ndarray, types: np.ndarray, offsets: np.ndarray | None = None,
+                     position_bins: int = POSITION_BINS, iters: int = 6) -> np.ndarray:
+    """Token-identity control. Rows of X [K, N] are time courses pooled over probes (probe p owns
+    columns offsets[p]:offsets[p+1]). Fits, per time course, an additive model
+
+        value(unit) ~ a[word type of the unit] + b[probe, relative-position bin of the unit]
+
+    (least squares by backfitting) and returns the residual: the part of the network's activity that
+    is neither a function of *which word* is present nor of *where in the text* it is. These two are
+    what any model run on the same text shares; the residual is what the model computes from context.
+    Units whose type occurs only once (among covered units) have no such part and become NaN."""
+    X = np.asarray(X, dtype=np.float64)
+    ok = np.isfinite(X).all(0)
+    out = np.full_like(X, np.nan)
+    if not ok.any():
+        return out
+    groups = [types[ok]]
+    if offsets is not None and position_bins > 0:
+        offsets = np.asarray(offsets)
+        probe = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+        rel = np.concatenate([(np.arange(b - a) + 0.5) / max(b - a, 1) for a, b in zip(offsets[:-1], offsets[1:])])
+        bins = probe * position_bins + np.minimum((rel * position_bins).astype(np.int64), position_bins - 1)
+        groups.append(bins[ok])
+    R = X[:, ok].copy()
+    for _ in range(iters if len(groups) > 1 else 1):
+        for g in groups:
+            n = int(g.max()) + 1
+            cnt = np.bincount(g, minlength=n).astype(np.float64)
+            sums = np.zeros((n, R.shape[0]))
+            np.add.at(sums, g, R.T)
+            R -= (sums / np.maximum(cnt, 1.0)[:, None]).T[:, g]
+    counts = np.bincount(groups[0], minlength=int(types.max()) + 1)
+    R[:, counts[groups[0]] < 2] = np.nan
+    out[:, ok] = R
+    return out
+
+
+def _split(X: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    return [X[:, offsets[p]:offsets[p + 1]] for p in range(len(offsets) - 1)]
+
+
+def _within_type_permutation(types: np.ndarray, rng) -> np.ndarray:
+    """A permutation of unit indices that only exchanges units of the same word type."""
+    n = len(types)
+    order = np.lexsort((rng.random(n), types))  # shuffled within each type, types contiguous
+    by_type = np.argsort(types, kind="stable")  # original positions, types contiguous (same layout)
+    perm = np.empty(n, dtype=np.int64)
+    perm[by_type] = order
+    return perm
+
+
+CONTROLS = ("word-identity", "none")
+
+
 def compare(
     victim,
     suspect,
@@ -700,6 +777,7 @@ def compare(
     t_low: float = T_LOW,
     suspect_profile: Profile | None = None,
     seed: int = 0,
+    control: str = "word-identity",
 ) -> FingerprintResult:
     """Compare a victim profile (a :class:`Profile` or a path) with a suspect model.
 
@@ -707,10 +785,12 @@ def compare(
     networks of all ICA seeds of both models are pooled; victim and suspect networks are matched one
     to one (Hungarian on |rho|, rho = Spearman correlation of word-level time courses averaged over
     probes). ``score`` = mean |rho| of the ``top`` best matched pairs (default: k, the number of
-    networks per seed). The p-value compares the score with ``n_null`` scores of the same pipeline
-    where the suspect's time courses are taken from another probe (derangement, resampled to the
-    victim's length) or circularly shifted within each probe:
-    p = (1 + #{null >= score}) / (1 + n_null).
+    networks per seed). With ``control="word-identity"`` (default) the correlations are computed on
+    time courses with the word-type and position means removed (:func:`_remove_identity`), and the
+    null draws exchange the suspect's values among occurrences of the same word type (all networks
+    alike); with ``control="none"`` the suspect's time courses are taken from another probe
+    (derangement, resampled) or circularly shifted (the old, too easy null).
+    p = (1 + #{null >= score}) / (1 + n_null). ``raw_score``: the score without the control.
     Verdict: derived if p < alpha and score >= t_high; independent if score < t_low or p >= alpha;
     inconclusive otherwise.
     """
@@ -732,49 +812,89 @@ def compare(
     else:
         sp = suspect_profile
     t1 = time.perf_counter()
-    V, S = _pooled(vp), _pooled(sp)
-    R = _corr_matrix(V, S)
-    rows, cols, rho = _match(R)
+    if control not in CONTROLS:
+        raise FuncnetError(f"unknown control {control!r}; choose {' or '.join(CONTROLS)}")
+    if len(sp.unit_spans) != len(vp.unit_spans) or sp.probes != vp.probes:
+        raise FuncnetError("the suspect profile was not made on the victim's probe texts")
+    V_raw, S_raw = _pooled(vp), _pooled(sp)
     m = int(top or min(vp.n_networks, sp.n_networks))
-    m = max(1, min(m, len(rho)))
-    score = _score_from_matched(np.abs(rho), m)
-
-    # null distribution: no other model needed. Victim ranks are computed once per probe.
+    R_raw = _corr_matrix(V_raw, S_raw)
+    _, _, rho_raw = _match(R_raw)
+    m = max(1, min(m, len(rho_raw)))
+    raw_score = _score_from_matched(np.abs(rho_raw), m)
     rng = np.random.default_rng(seed)
     n_probes = len(vp.probes)
-    own = [np.isfinite(v).all(0) for v in V]
-    Vr_own = [_rank_rows(v[:, ok]) if ok.sum() >= 5 else None for v, ok in zip(V, own)]
-    common = [np.isfinite(v).all(0) & np.isfinite(x).all(0) for v, x in zip(V, S)]
-    Vr_com = [_rank_rows(v[:, ok]) if ok.sum() >= 5 else None for v, ok in zip(V, common)]
-    S_own = [x[:, np.isfinite(x).all(0)] for x in S]
-    null = []
-    kinds = []
-    for i in range(n_null):
-        acc, cnt = 0.0, 0
-        if n_probes >= 2 and i % 2 == 0:
-            perm = _derangement(n_probes, rng)
-            for p in range(n_probes):
-                src = S_own[perm[p]]
-                if Vr_own[p] is None or src.shape[1] < 2:
+    null, kinds = [], []
+    if control == "word-identity":
+        types = _word_types(vp)
+        off = np.asarray(vp.unit_offsets)
+        Vc = _remove_identity(np.concatenate(V_raw, axis=1), types, off)
+        Sc = _remove_identity(np.concatenate(S_raw, axis=1), types, off)
+        V, S = _split(Vc, off), _split(Sc, off)
+        try:
+            R = _corr_matrix(V, S)
+        except FuncnetError:
+            raise FuncnetError("too few repeated words in the probe texts for the word-identity control "
+                               "(use more or longer probes, or control='none')") from None
+        rows, cols, rho = _match(R)
+        score = _score_from_matched(np.abs(rho), m)
+        # null: the suspect's values exchanged among occurrences of the same word (all networks
+        # alike). It keeps everything a model can know from token identity alone and breaks the rest.
+        common = [np.isfinite(v).all(0) & np.isfinite(x).all(0) for v, x in zip(V, S)]
+        Vr = [_rank_rows(v[:, ok]) if ok.sum() >= 5 else None for v, ok in zip(V, common)]
+        fin = np.isfinite(Sc).all(0)
+        idx_fin = np.nonzero(fin)[0]
+        for i in range(n_null):
+            perm = idx_fin[_within_type_permutation(types[fin], rng)]
+            Sp = Sc.copy()
+            Sp[:, idx_fin] = Sc[:, perm]
+            acc, cnt = 0.0, 0
+            for p_ in range(n_probes):
+                if Vr[p_] is None:
                     continue
-                acc = acc + Vr_own[p] @ _rank_rows(_resample(src, Vr_own[p].shape[1])).T
+                acc = acc + Vr[p_] @ _rank_rows(Sp[:, off[p_]:off[p_ + 1]][:, common[p_]]).T
                 cnt += 1
-            kinds.append("probe-shuffle")
-        else:
-            for p in range(n_probes):
-                if Vr_com[p] is None:
-                    continue
-                x = S[p][:, common[p]]
-                n = x.shape[1]
-                shift = int(rng.integers(max(1, n // 10), max(2, n - n // 10)))
-                acc = acc + Vr_com[p] @ _rank_rows(np.roll(x, shift, axis=1)).T
-                cnt += 1
-            kinds.append("circular-shift")
-        if cnt == 0:
-            kinds.pop()
-            continue
-        _, _, rn = _match(acc / cnt)
-        null.append(_score_from_matched(np.abs(rn), m))
+            if cnt == 0:
+                continue
+            _, _, rn = _match(acc / cnt)
+            null.append(_score_from_matched(np.abs(rn), m))
+            kinds.append("within-word-type")
+    else:
+        V, S = V_raw, S_raw
+        rows, cols, rho = _match(R_raw)
+        score = raw_score
+        # null (no token-identity control): suspect time courses of another probe or circularly shifted
+        own = [np.isfinite(v).all(0) for v in V]
+        Vr_own = [_rank_rows(v[:, ok]) if ok.sum() >= 5 else None for v, ok in zip(V, own)]
+        common = [np.isfinite(v).all(0) & np.isfinite(x).all(0) for v, x in zip(V, S)]
+        Vr_com = [_rank_rows(v[:, ok]) if ok.sum() >= 5 else None for v, ok in zip(V, common)]
+        S_own = [x[:, np.isfinite(x).all(0)] for x in S]
+        for i in range(n_null):
+            acc, cnt = 0.0, 0
+            if n_probes >= 2 and i % 2 == 0:
+                perm = _derangement(n_probes, rng)
+                for p_ in range(n_probes):
+                    src = S_own[perm[p_]]
+                    if Vr_own[p_] is None or src.shape[1] < 2:
+                        continue
+                    acc = acc + Vr_own[p_] @ _rank_rows(_resample(src, Vr_own[p_].shape[1])).T
+                    cnt += 1
+                kind = "probe-shuffle"
+            else:
+                for p_ in range(n_probes):
+                    if Vr_com[p_] is None:
+                        continue
+                    x = S[p_][:, common[p_]]
+                    n = x.shape[1]
+                    shift = int(rng.integers(max(1, n // 10), max(2, n - n // 10)))
+                    acc = acc + Vr_com[p_] @ _rank_rows(np.roll(x, shift, axis=1)).T
+                    cnt += 1
+                kind = "circular-shift"
+            if cnt == 0:
+                continue
+            _, _, rn = _match(acc / cnt)
+            null.append(_score_from_matched(np.abs(rn), m))
+            kinds.append(kind)
     null = np.asarray(null)
     p_value = float((1 + np.sum(null >= score)) / (1 + len(null)))
     if p_value < alpha and score >= t_high:
@@ -802,9 +922,9 @@ def compare(
     sp_model = dict(sp.model)
     return FingerprintResult(
         score=score, p_value=p_value, verdict=verdict, pairs=pairs, null=null_stats,
-        thresholds={"t_high": t_high, "t_low": t_low, "alpha": alpha, "top": m},
+        thresholds={"t_high": t_high, "t_low": t_low, "alpha": alpha, "top": m}, raw_score=raw_score,
         victim=dict(vp.model), suspect=sp_model,
-        params={**vp.params, "n_null": n_null, "n_probes": n_probes},
+        params={**vp.params, "n_null": n_null, "n_probes": n_probes, "control": control},
         timing={"suspect_profile_s": round(t1 - t0, 3), "compare_s": round(t2 - t1, 3),
                 "total_s": round(time.perf_counter() - t0, 3)},
         curves=curves,
