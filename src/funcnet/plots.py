@@ -270,7 +270,7 @@ def plot_lesion(les: dict, out_dir: Path) -> list[Path]:
     x = np.arange(len(conds))
     w = 0.38
     fig = _fig(max(4.0, 2.6 * len(domains) + 0.4 * len(conds) * len(domains) / 2), 3.4)
-    axes = fig.subplots(1, len(domains), squeeze=False, sharey=True)[0]
+    axes = fig.subplots(1, len(domains), squeeze=False)[0]
     for k, (ax, d) in enumerate(zip(axes, domains)):
         les_ppl = np.array([_f(c["lesioned"][d]["ppl"]) for c in conds])
         rnd_m = np.array([_f(c["random"][d]["ppl_mean"]) for c in conds])
