@@ -312,11 +312,13 @@ def anatomy(nets: FunctionalNetworks, store, corpus, *, networks: Sequence[int] 
 
 # ---------------------------------------------------------------------------- pipeline
 SIZES = {
-    # demo: about 10 minutes on 2 CPU cores for SmolLM2-135M
-    "demo": dict(max_tokens=4096, k=32, n_init=4, ks=(10, 32, 64), top=5, n_random=5, max_windows=4,
-                 n_template=12, n_individual=4, factors=(0.0, 0.5, 1.5, 2.0), preserve_random=2),
+    # demo: sized for about 10 minutes on 2 idle CPU cores for SmolLM2-135M (2 x 128-token windows per
+    # domain per measurement; the full size uses 16)
+    "demo": dict(max_tokens=4096, k=32, n_init=4, ks=(10, 32, 64), top=4, n_random=5, max_windows=2,
+                 n_template=12, n_individual=4, factors=(0.0, 0.5, 1.5, 2.0), preserve_random=2, amplify_top=2),
     "full": dict(max_tokens=16384, k=64, n_init=10, ks=(10, 32, 64, 128, 256), top=10, n_random=5, max_windows=16,
-                 n_template=40, n_individual=20, factors=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0), preserve_random=3),
+                 n_template=40, n_individual=20, factors=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0), preserve_random=3,
+                 amplify_top=3),
 }
 
 
@@ -381,7 +383,7 @@ def explore(model="smollm2-135m", out: str | os.PathLike = "funcnet-results", *,
             nets_by_k={P["k"]: nets} if nets is not None else None)))
     if "amplify" in experiments:
         write_json(out / "amplify.json", timed("amplify", lambda: amplification_experiment(
-            lm, nets, texts, top=min(3, P["top"]), factors=P["factors"], threshold=threshold,
+            lm, nets, texts, top=P["amplify_top"], factors=P["factors"], threshold=threshold,
             max_windows=P["max_windows"], progress=progress)))
     if "recurrence" in experiments:
         write_json(out / "recurrence.json", timed("recurrence", lambda: recurrence_experiment(
