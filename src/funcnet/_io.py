@@ -53,7 +53,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
 
 
-def _json_default(o: Any):
+def json_default(o: Any):
+    """``json.dumps(default=...)`` for numpy scalars/arrays and paths; anything else as its str()."""
     try:
         import numpy as np
 
@@ -63,9 +64,10 @@ def _json_default(o: Any):
             return o.tolist()
     except ImportError:  # pragma: no cover
         pass
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    return str(o)
+
+
+_json_default = json_default
 
 
 def sha256_text(*parts: str) -> str:

@@ -888,12 +888,7 @@ def _save_weights(model, folder) -> None:
     model.save_pretrained(folder, **kw)
 
 
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+from ._io import json_default as _json_default  # noqa: E402
 
 
 def load_pruned(path, *, dtype=None, device=None) -> LoadedModel:
