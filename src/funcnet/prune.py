@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from ._io import atomic_path, sha256_text
+from ._io import json_default as _json_default
 from .adapters import ArchAdapter, _get, weight_out_in
 from .errors import FuncnetError
 from .models import LoadedModel, as_loaded, count_parameters, input_device
@@ -888,7 +889,6 @@ def _save_weights(model, folder) -> None:
     model.save_pretrained(folder, **kw)
 
 
-from ._io import json_default as _json_default  # noqa: E402
 
 
 def load_pruned(path, *, dtype=None, device=None) -> LoadedModel:
