@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ._io import json_default
 from .errors import FuncnetError
 
 log = logging.getLogger(__name__)
@@ -649,7 +650,7 @@ class FingerprintResult:
         }
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
-        s = json.dumps(self.to_dict(), indent=2, default=_json_default)
+        s = json.dumps(self.to_dict(), indent=2, default=json_default)
         if path is not None:
             from ._io import atomic_path
 
@@ -675,12 +676,6 @@ class FingerprintResult:
         return "\n".join(lines)
 
 
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def _pooled(prof: Profile) -> list[np.ndarray]:
