@@ -28,15 +28,10 @@ def _metrics(rng, base=20.0, spread=1.0) -> dict:
                 "accuracy": float(rng.uniform(0.2, 0.5)), "n_tokens": 512} for j, d in enumerate(DOMAINS)}
 
 
-def _summ(values: list[dict]) -> dict:  # same as funcnet.explore._summ
-    res = {}
-    for d in DOMAINS:
-        p = np.array([v[d]["ppl"] for v in values], float)
-        a = np.array([v[d]["accuracy"] for v in values], float)
-        res[d] = {"ppl_mean": float(p.mean()), "ppl_std": float(p.std(ddof=1)) if len(p) > 1 else 0.0,
-                  "acc_mean": float(a.mean()), "acc_std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
-                  "ppl": p.tolist(), "accuracy": a.tolist()}
-    return res
+def _summ(values: list[dict]) -> dict:
+    from funcnet.explore import _summ as summarize
+
+    return summarize(values, DOMAINS)
 
 
 def synthetic_networks(seed: int = 0) -> FunctionalNetworks:
