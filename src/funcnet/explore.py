@@ -312,10 +312,10 @@ def anatomy(nets: FunctionalNetworks, store, corpus, *, networks: Sequence[int] 
 
 # ---------------------------------------------------------------------------- pipeline
 SIZES = {
-    # demo: sized for about 10 minutes on 2 idle CPU cores for SmolLM2-135M (2 x 128-token windows per
-    # domain per measurement; the full size uses 16)
-    "demo": dict(max_tokens=4096, k=32, n_init=4, ks=(10, 32, 64), top=4, n_random=5, max_windows=2,
-                 n_template=12, n_individual=4, factors=(0.0, 0.5, 1.5, 2.0), preserve_random=2, amplify_top=2),
+    # demo: a few minutes on 2 idle CPU cores for SmolLM2-135M (4 x 128-token windows per domain per
+    # measurement; the full size uses 16)
+    "demo": dict(max_tokens=4096, k=32, n_init=4, ks=(10, 32, 64), top=5, n_random=5, max_windows=4,
+                 n_template=12, n_individual=4, factors=(0.0, 0.5, 1.5, 2.0), preserve_random=2, amplify_top=3),
     "full": dict(max_tokens=16384, k=64, n_init=10, ks=(10, 32, 64, 128, 256), top=10, n_random=5, max_windows=16,
                  n_template=40, n_individual=20, factors=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0), preserve_random=3,
                  amplify_top=3),
