@@ -59,9 +59,7 @@ import math
 import os
 import random
 import re
-import socket
 import sysconfig
-import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -69,6 +67,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ._io import hub_reachable as _hub_reachable
 from ._io import sha256_text
 from .errors import FuncnetError
 
@@ -342,28 +341,6 @@ def _wikitext_documents(lines: Iterable[str]) -> list[str]:
     return ["\n".join(a) for a in articles]
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """True when the Hugging Face Hub accepts a TCP connection within ``timeout`` seconds.
-
-    Runs in a daemon thread so that a hanging DNS lookup cannot block longer than ``timeout``.
-    """
-    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").lower() in ("1", "true", "yes", "on"):
-            return False
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    ok: list[bool] = []
-
-    def probe():
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            ok.append(True)
-        except OSError:
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout + 0.2)
-    return bool(ok)
 
 
 def _datasets_cache_dirs() -> list[Path]:

@@ -11,7 +11,6 @@ import importlib.util
 import json
 import logging
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from ._io import atomic_path, cache_dir, file_digest
+from ._io import hub_reachable as _hub_reachable
 from .adapters import ArchAdapter, get_adapter
 from .errors import FuncnetError
 
@@ -184,17 +184,6 @@ def _resolve_dtype(dtype) -> torch.dtype | str:
     if dtype not in names:
         raise FuncnetError(f"unknown dtype '{dtype}'; choose from {', '.join(names)} or auto")
     return names[dtype]
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True") or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
-        return False
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    try:
-        socket.create_connection((endpoint, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def _hub_cached(repo_id: str) -> bool:
