@@ -144,6 +144,22 @@ def test_independent_random_models_are_not_derived(victim):
         res = F.compare(prof, tiny(seed), n_null=100)
         assert res.verdict != "derived", (seed, res.score, res.p_value)
         assert res.score < F.T_HIGH
+        # the independence p-value does not sit at its floor for a negative
+        assert res.p_value >= F.ALPHA, (res.score, res.p_value)
+
+
+def test_independence_reference_p_value():
+    ref = [x[2] for x in F.REFERENCE_INDEPENDENT]
+    p_mid, info = F.reference_p(float(np.mean(ref)))
+    assert p_mid == pytest.approx(0.5) and info["n"] == len(ref) and info["df"] == len(ref) - 1
+    # every reference pair, tested against the others, is far from significant
+    for i, x in enumerate(ref):
+        assert F.reference_p(x, ref[:i] + ref[i + 1:])[0] > 0.02
+    assert F.reference_p(0.95)[0] < 1e-3 < F.reference_p(0.4)[0]
+    p1, p2 = F.reference_p(0.6)[0], F.reference_p(0.7)[0]
+    assert p2 < p1  # monotone in the score
+    with pytest.raises(FuncnetError, match="at least 3"):
+        F.reference_p(0.5, [0.1, 0.2])
 
 
 def _with_timecourses(prof, tc):
@@ -199,7 +215,7 @@ def test_permuted_copy_is_derived_with_small_p(victim):
     assert res.verdict == "derived", (res.score, res.p_value)
     assert res.p_value < 0.05 and res.score > 0.8
     assert res.null["mean"] < 0.4 and res.null["n"] == 100 and "within-word-type" in res.null["by_kind"]
-    assert res.p_value == pytest.approx(1 / 101)
+    assert res.p_chance == pytest.approx(1 / 101) and res.p_value < F.ALPHA
 
 
 def test_permutation_and_rescaling_preserve_the_function():

@@ -45,11 +45,26 @@ log = logging.getLogger(__name__)
 FORMAT_NAME = "funcnet-fingerprint-profile"
 FORMAT_VERSION = 1
 
-#: Verdict thresholds on the score (mean matched |rho| of the top networks); calibrated on the
+#: Verdict thresholds on the score (matched |rho| of the top networks); calibrated on the
 #: robustness suite (benchmarks/fingerprint_suite.py, docs/fingerprint.md).
 T_HIGH = 0.50
 T_LOW = 0.45
 ALPHA = 0.01
+
+#: Reference distribution of the score for *independent* model pairs: the distinct negative pairs
+#: of the robustness suite (benchmarks/fingerprint_suite.py; default probes, residual stream,
+#: k = 64 capped by the data, 3 ICA seeds, word-identity control). ``compare`` turns the score into
+#: the independence p-value ``p_value`` with a Student-t *prediction* test against these numbers
+#: (``reference_p``): the probability that a new independent pair, drawn from the same normal
+#: distribution as these, scores at least as high. Re-measure them when the score changes.
+REFERENCE_INDEPENDENT: tuple[tuple[str, str, float], ...] = (
+    ("smollm2-135m", "random-init smollm2-135m architecture", 0.169),
+    ("smollm2-135m", "gemma3-270m", 0.327),
+    ("smollm2-135m", "tiny-s0-80 (SmolLM2 tokenizer, trained from scratch)", 0.164),
+    ("smollm2-135m", "tiny-s1-80", 0.145),
+    ("tiny-s0-80", "tiny-s1-80", 0.340),
+    ("tiny-s0-80", "random-init tiny architecture", 0.192),
+)
 
 #: The built-in probe texts: diverse prose, code, math, dialogue, lists. Short enough that every
 #: probe fits in 256 tokens of any common tokenizer. Never change them (profiles store their own
@@ -623,7 +638,30 @@ def _match(R: np.ndarray):
 
 
 def _score_from_matched(absr: np.ndarray, top: int) -> float:
-    return float(np.mean(absr[:top])) if len(absr) else 0.0
+    """The score: the *median* |rho| of the ``top`` best matched pairs (``absr`` sorted descending),
+    i.e. the |rho| that half of the top-k pairs reach. A derived model shares most of the victim's
+    networks; an independent one shares a handful of generic ones (quotes, line breaks, code
+    indentation) strongly and the rest weakly. The mean of the top k lets that handful lift an
+    independent model's score; the median counts how many networks are shared instead."""
+    return float(np.median(absr[:top])) if len(absr) else 0.0
+
+
+def reference_p(score: float, reference: Sequence[float] | None = None) -> tuple[float, dict]:
+    """Independence p-value of ``score``: the one-sided Student-t prediction p-value of a new draw
+    from the normal distribution fitted to ``reference`` (scores of independent pairs; default
+    :data:`REFERENCE_INDEPENDENT`): t = (score - mean) / (sd * sqrt(1 + 1/n)), df = n - 1. Needs no
+    other model at compare time; it is only as good as the reference pairs are representative."""
+    from scipy.stats import t as student_t
+
+    ref = np.asarray([r[2] for r in REFERENCE_INDEPENDENT] if reference is None else list(reference), float)
+    n = len(ref)
+    if n < 3:
+        raise FuncnetError(f"the independence reference needs at least 3 scores, got {n}")
+    mu, sd = float(ref.mean()), float(ref.std(ddof=1))
+    t = (score - mu) / max(sd * math.sqrt(1.0 + 1.0 / n), 1e-12)
+    p = float(student_t.sf(t, n - 1))
+    return p, {"n": n, "mean": mu, "sd": sd, "t": float(t), "df": n - 1,
+               "source": "REFERENCE_INDEPENDENT" if reference is None else "given"}
 
 
 @dataclass
@@ -640,10 +678,13 @@ class FingerprintResult:
     timing: dict
     raw_score: float = float("nan")
     curves: list[dict] = field(default_factory=list, repr=False)
+    p_chance: float = float("nan")
+    reference: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
-            "score": self.score, "p_value": self.p_value, "verdict": self.verdict, "raw_score": self.raw_score,
+            "score": self.score, "p_value": self.p_value, "p_chance": self.p_chance, "reference": self.reference,
+            "verdict": self.verdict, "raw_score": self.raw_score,
             "thresholds": self.thresholds, "pairs": self.pairs, "null": self.null,
             "victim": self.victim, "suspect": self.suspect, "params": self.params, "timing": self.timing,
             "funcnet_version": _version(),
@@ -664,9 +705,12 @@ class FingerprintResult:
             f"suspect: {self.suspect.get('spec')} ({self.suspect.get('family')}, {self.suspect.get('n_layers')} layers)",
             f"score    {self.score:.3f}   (derived >= {self.thresholds['t_high']:.2f}, independent < "
             f"{self.thresholds['t_low']:.2f}; without token-identity control {self.raw_score:.3f})",
-            f"p-value  {self.p_value:.4f}   (null: {self.null['n']} {'/'.join(self.null.get('by_kind', {})) or 'null'} "
-            f"draws, control {self.params.get('control', 'none')}, mean "
-            f"{self.null['mean']:.3f}, sd {self.null['sd']:.3f}, max {self.null['max']:.3f}; alpha {self.thresholds['alpha']})",
+            f"p-value  {self.p_value:.2g}   (independence: score vs {self.reference.get('n')} independent model pairs, "
+            f"mean {self.reference.get('mean', float('nan')):.3f}, sd {self.reference.get('sd', float('nan')):.3f}; "
+            f"alpha {self.thresholds['alpha']})",
+            f"p-chance {self.p_chance:.4f}   (shares more than token identity? null: {self.null['n']} "
+            f"{'/'.join(self.null.get('by_kind', {})) or 'null'} draws, control {self.params.get('control', 'none')}, "
+            f"mean {self.null['mean']:.3f}, sd {self.null['sd']:.3f}, max {self.null['max']:.3f})",
             f"verdict  {self.verdict.upper()}",
             "",
             "top matched networks (victim seed:net  suspect seed:net  rho)",
@@ -773,6 +817,7 @@ def compare(
     suspect_profile: Profile | None = None,
     seed: int = 0,
     control: str = "word-identity",
+    reference: Sequence[float] | None = None,
 ) -> FingerprintResult:
     """Compare a victim profile (a :class:`Profile` or a path) with a suspect model.
 
@@ -785,9 +830,12 @@ def compare(
     null draws exchange the suspect's values among occurrences of the same word type (all networks
     alike); with ``control="none"`` the suspect's time courses are taken from another probe
     (derangement, resampled) or circularly shifted (the old, too easy null).
-    p = (1 + #{null >= score}) / (1 + n_null). ``raw_score``: the score without the control.
-    Verdict: derived if p < alpha and score >= t_high; independent if score < t_low or p >= alpha;
-    inconclusive otherwise.
+    ``p_chance`` = (1 + #{null >= score}) / (1 + n_null): does the suspect share more than token
+    identity with the victim? (Every trained language model does.) ``p_value``: the independence
+    p-value of the score against ``reference`` scores of independent pairs (default
+    :data:`REFERENCE_INDEPENDENT`, see :func:`reference_p`). ``raw_score``: the score without the
+    control. Verdict: derived if p_value < alpha, p_chance < alpha and score >= t_high; independent
+    if score < t_low or either p >= alpha; inconclusive otherwise.
     """
     t0 = time.perf_counter()
     need = math.ceil(1.0 / alpha)
@@ -891,10 +939,11 @@ def compare(
             null.append(_score_from_matched(np.abs(rn), m))
             kinds.append(kind)
     null = np.asarray(null)
-    p_value = float((1 + np.sum(null >= score)) / (1 + len(null)))
-    if p_value < alpha and score >= t_high:
+    p_chance = float((1 + np.sum(null >= score)) / (1 + len(null)))
+    p_value, ref_info = reference_p(score, reference)
+    if p_value < alpha and p_chance < alpha and score >= t_high:
         verdict = "derived"
-    elif score < t_low or p_value >= alpha:
+    elif score < t_low or p_value >= alpha or p_chance >= alpha:
         verdict = "independent"
     else:
         verdict = "inconclusive"
@@ -916,7 +965,8 @@ def compare(
                        "victim_tc": V[pr][r].tolist(), "suspect_tc": S[pr][c].tolist()})
     sp_model = dict(sp.model)
     return FingerprintResult(
-        score=score, p_value=p_value, verdict=verdict, pairs=pairs, null=null_stats,
+        score=score, p_value=p_value, p_chance=p_chance, reference=ref_info, verdict=verdict, pairs=pairs,
+        null=null_stats,
         thresholds={"t_high": t_high, "t_low": t_low, "alpha": alpha, "top": m}, raw_score=raw_score,
         victim=dict(vp.model), suspect=sp_model,
         params={**vp.params, "n_null": n_null, "n_probes": n_probes, "control": control},
