@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 
 N_LAYERS_SMOLLM2 = 30
-ALL_METHODS = ("funcnet", "funcnet_seed1", "funcnet_ref", "reference", "sklearn", "nilearn")
-DEFAULT_METHODS = ("funcnet", "funcnet_seed1", "funcnet_ref", "reference", "sklearn")
+ALL_METHODS = ("funcnet", "funcnet_seed1", "funcnet_ref", "reference", "sklearn", "sklearn_seed1", "sklearn_seed2",
+               "nilearn")
+DEFAULT_METHODS = ("funcnet", "funcnet_seed1", "funcnet_ref", "reference", "sklearn", "sklearn_seed1", "sklearn_seed2")
 
 
 # ----------------------------------------------------------------------------- activations
@@ -69,6 +70,7 @@ def _peak_rss_mb() -> float:
 
 
 def run_method(method: str, path: str, k: int, n_init: int, window: int, out: str) -> None:
+    """``window`` = tokens per funcnet subject; 0 = the whole matrix is one subject (as nilearn gets it)."""
     warnings.simplefilter("ignore")
     X = np.load(path)
     t0 = time.perf_counter()
@@ -76,7 +78,7 @@ def run_method(method: str, path: str, k: int, n_init: int, window: int, out: st
     if method.startswith("funcnet"):
         from funcnet.ica import CanICA
 
-        subjects = [X[s:s + window] for s in range(0, len(X), window)]
+        subjects = [X[s:s + window] for s in range(0, len(X), window)] if window else X
         if method == "funcnet_ref":
             est = CanICA(n_components=k, n_init=1, method="reference", random_state=666).fit(X)
         else:
@@ -95,11 +97,12 @@ def run_method(method: str, path: str, k: int, n_init: int, window: int, out: st
                       random_state=666, algorithm="parallel")
         S = ica.fit_transform(Uk).T
         res = dict(maps=S, converged=int(ica.n_iter_ < 300), runs=1)
-    elif method == "sklearn":     # spatial ICA of the z-scored matrix, float64 input
+    elif method.startswith("sklearn"):     # spatial ICA of the z-scored matrix, float64 input
         from sklearn.decomposition import FastICA
 
         Z = _zscore(X.astype(np.float64))
-        ica = FastICA(n_components=k, fun="cube", whiten="unit-variance", max_iter=300, tol=1e-4, random_state=0)
+        seed = int(method.rsplit("seed", 1)[1]) if "seed" in method else 0
+        ica = FastICA(n_components=k, fun="cube", whiten="unit-variance", max_iter=300, tol=1e-4, random_state=seed)
         S = ica.fit_transform(Z.T).T
         res = dict(maps=S, converged=int(ica.n_iter_ < 300), runs=1)
     elif method == "nilearn":     # whole matrix as one subject, 4D image over an all-ones mask
@@ -140,6 +143,42 @@ def compare(ref: dict, other: dict, stable: float) -> tuple[float, float, int]:
     return ov, float(r.max(axis=1).mean()), int(keep.sum())
 
 
+def all_layers(args) -> int:
+    """Time what the goal names, not an extrapolation: funcnet's per-layer mode on all 30 layers at
+    once through ``fit_many`` (one single-threaded fit per core), k, n_init and ICASSO as given."""
+    import torch
+
+    from funcnet.ica import fit_many
+
+    layers = list(range(N_LAYERS_SMOLLM2))
+    t0 = time.perf_counter()
+    acts = record_activations(layers, args.max_tokens, args.window)
+    t_rec = time.perf_counter() - t0
+    T, N = acts[0].shape
+    if args.subjects == "windows":
+        inputs = [[a[s:s + args.window] for s in range(0, len(a), args.window)] for a in (acts[l] for l in layers)]
+    else:
+        inputs = [acts[l] for l in layers]
+    warnings.simplefilter("ignore")
+    rss0 = _peak_rss_mb()
+    c0, t0 = time.process_time(), time.perf_counter()
+    ests = fit_many(inputs, dict(n_components=args.k, n_init=args.n_init, random_state=0), progress=True)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    n_stable = [int((e.stability_ >= args.stable).sum()) for e in ests]
+    print(f"\nper-layer mode, all {len(layers)} layers, {T} tokens x {N} neurons, k={args.k}, n_init={args.n_init} + "
+          f"ICASSO, subjects={args.subjects}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs")
+    print(f"recording {t_rec:.1f} s (not counted); decomposition wall {wall:.1f} s, CPU {cpu:.1f} s, "
+          f"peak RSS {max(rss0, _peak_rss_mb()):.0f} MB (activations {T * N * 4 * len(layers) / 2**30:.1f} GiB in memory)")
+    print(f"stable maps (>= {args.stable}) per layer: min {min(n_stable)}, median {int(np.median(n_stable))}, "
+          f"max {max(n_stable)}; load average at the end {os.getloadavg()[0]:.1f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(dict(layers=len(layers), tokens=T, neurons=N, k=args.k,
+                                                  n_init=args.n_init, subjects=args.subjects, wall_s=wall,
+                                                  cpu_s=cpu, record_s=t_rec, n_stable=n_stable,
+                                                  load_end=os.getloadavg()[0]), indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", default="0,15,29")
@@ -151,7 +190,13 @@ def main(argv=None) -> int:
     ap.add_argument("--stable", type=float, default=0.8, help="stability index of the maps compared")
     ap.add_argument("--npy-dir", default=None, help="read layer{L}.npy [tokens, neurons] instead of recording")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--all-layers", action="store_true",
+                    help="time funcnet alone on all 30 layers at once (fit_many), instead of the per-layer comparison")
+    ap.add_argument("--subjects", choices=("windows", "one"), default="windows",
+                    help="funcnet's subjects: one per --window tokens (default) or the whole matrix as one")
     args = ap.parse_args(argv)
+    if args.all_layers:
+        return all_layers(args)
     layers = [int(x) for x in args.layers.split(",")]
     methods = list(ALL_METHODS) if args.methods == "all" else args.methods.split(",")
     if "funcnet" not in methods:
@@ -171,7 +216,8 @@ def main(argv=None) -> int:
             results = {}
             for m in methods:
                 out = os.path.join(tmp, f"{m}_{l}.npz")
-                p = ctx.Process(target=run_method, args=(m, path, args.k, args.n_init, args.window, out))
+                p = ctx.Process(target=run_method, args=(m, path, args.k, args.n_init,
+                                                         0 if args.subjects == "one" else args.window, out))
                 p.start()
                 p.join()
                 if p.exitcode != 0:
@@ -190,11 +236,20 @@ def main(argv=None) -> int:
                 if "stability" in r:
                     row["n_stable"] = int((r["stability"] >= args.stable).sum())
                 rows.append(row)
+            sk = [r for m, r in results.items() if m.startswith("sklearn")]
+            if ref is not None and len(sk) > 1:   # scikit-learn run several times: its maps pooled
+                pooled = dict(maps=np.concatenate([r["maps"] for r in sk]))
+                ov, ag, ns = compare(ref, pooled, args.stable)
+                rows.append(dict(layer=l, method=f"sklearn x{len(sk)} pooled", tokens=T, neurons=N, k=args.k,
+                                 seconds=float(np.mean([float(r["seconds"]) for r in sk])),
+                                 peak_rss_mb=float(max(float(r["peak_rss_mb"]) for r in sk)),
+                                 subspace_overlap=ov, stable_map_agreement=ag, n_stable=ns))
 
     print()
-    print(f"per-layer mode, k={args.k}, n_init={args.n_init} (funcnet, nilearn), tokens={T}, neurons={N}, layers {layers}")
+    print(f"per-layer mode, k={args.k}, n_init={args.n_init} (funcnet, nilearn), tokens={T}, neurons={N}, layers {layers}, "
+          f"funcnet subjects: {'the whole matrix (as nilearn)' if args.subjects == 'one' else f'{args.window}-token windows'}")
     print(f"{'method':14s} {'s/layer':>8s} {'30 layers*':>10s} {'peak RSS MB':>11s} {'overlap':>8s} {'stable agr':>10s}")
-    for m in methods:
+    for m in methods + sorted({r["method"] for r in rows} - set(methods)):
         rs = [r for r in rows if r["method"] == m]
         if not rs:
             continue
