@@ -62,14 +62,21 @@ def load_avg() -> str:
 
 
 # ------------------------------------------------------------------------------------ methods
+COMP_SUFFIXES = {"nocomp": "none", "bias": "bias", "ls": "ls", "ls-fn": "ls-fn"}
+
+
 def parse_method(name: str) -> dict:
-    """'fn:fn-flap+nocomp' -> {base: fn, score: fn-flap, comp: False}."""
-    comp = True
+    """'fn:fn-flap+nocomp' -> {base: fn, score: fn-flap, comp: "none"}; '+ls' / '+ls-fn' pick
+    least-squares compensation ('+ls@0.1': with ridge 0.1); no suffix: bias compensation."""
+    comp, ridge = "bias", None
     base = name
-    if base.endswith("+nocomp"):
-        base, comp = base[: -len("+nocomp")], False
+    head, plus, suffix = base.rpartition("+")
+    if plus and suffix.partition("@")[0] in COMP_SUFFIXES:
+        suffix, _, r = suffix.partition("@")
+        base, comp = head, COMP_SUFFIXES[suffix]
+        ridge = float(r) if r else None
     if base == "fn-nocomp":
-        base, comp = "fn", False
+        base, comp = "fn", "none"
     score, fn_kw = None, {}
     if base.startswith("fn:"):
         base, score = "fn", base[3:]
@@ -78,6 +85,8 @@ def parse_method(name: str) -> dict:
             k, _, v = o.partition("=")
             fn_kw[k] = float(v)
     out = {"name": name, "base": base, "score": score, "comp": comp}
+    if ridge is not None:
+        out["ridge"] = ridge
     if fn_kw:
         out["fn_kw"] = fn_kw
     return out
@@ -104,7 +113,7 @@ def networks_cached(lm, calib, *, n_groups, group_size, n_components, fn_method,
     return nets, path, dt
 
 
-def threshold_masks(lm, nets, ratio, of, *, comp=True, protect=(3, 2), iters=50, mx=None, check=True):
+def threshold_masks(lm, nets, ratio, of, *, comp="bias", protect=(3, 2), iters=50, mx=None, check=True):
     """Bisection on T (reference rule |z| > T) so the achieved ratio of ``of`` lands on ``ratio``.
 
     The union of key neurons over all maps and groups with |z| > T is exactly the set of neurons
@@ -121,7 +130,7 @@ def threshold_masks(lm, nets, ratio, of, *, comp=True, protect=(3, 2), iters=50,
 
     def removed(T):
         imp = P.imp_fn_threshold(lm, keep_masks=masks_at(T))
-        sel = P.select(lm, imp, None, of=of, protect=protect, bias_compensation=comp)
+        sel = P.select(lm, imp, None, of=of, protect=protect, bias_compensation=comp not in (False, "none"))
         return sel.predicted_removed / sel.denominator
 
     lo, hi = 0.0, float(max(v.max() for v in mx.values())) + 1.0  # removed(lo) small, removed(hi) large
@@ -330,6 +339,8 @@ def main(argv=None) -> int:
     ap.add_argument("--windows", type=int, default=8, help="128-token windows per domain")
     ap.add_argument("--windows512", type=int, default=2, help="512-token prose windows (0: skip)")
     ap.add_argument("--calib-tokens", type=int, default=8192)
+    ap.add_argument("--ridge", type=float, default=None, help="ridge of +ls / +ls-fn (default: the library's)")
+    ap.add_argument("--ls-regressors", type=int, default=None, help="+ls-fn: regressors per removed neuron")
     ap.add_argument("--groups", type=int, default=4)
     ap.add_argument("--group-size", type=int, default=16)
     ap.add_argument("-k", "--n-components", type=int, default=64)
@@ -384,12 +395,15 @@ def main(argv=None) -> int:
     env["load_seconds"] = time.perf_counter() - t0
     calib = load_corpus("builtin", split="calib")
     t0 = time.perf_counter()
-    stats = P.calibration_stats(lm, calib, calib_tokens=args.calib_tokens, max_length=128)
-    env["calib_seconds"] = time.perf_counter() - t0
-    log(f"calibration stats: {stats.n_tokens} tokens in {env['calib_seconds']:.0f} s")
     specs = [parse_method(m) for m in args.methods if m != "none"]  # --methods none: speed section only
+    cov = any(s["comp"].startswith("ls") for s in specs)
+    stats = P.calibration_stats(lm, calib, calib_tokens=args.calib_tokens, max_length=128, covariance=cov,
+                                covariance_layers=range(3, lm.n_layers - 2) if cov else None)
+    env["calib_seconds"] = time.perf_counter() - t0
+    log(f"calibration stats{' with covariance' if cov else ''}: {stats.n_tokens} tokens in "
+        f"{env['calib_seconds']:.0f} s")
     nets = None
-    if any(s["base"].startswith("fn") for s in specs) or args.speed.startswith("fn"):
+    if any(s["base"].startswith("fn") or s["comp"] == "ls-fn" for s in specs) or args.speed.startswith("fn"):
         nets, nets_path, env["networks_seconds"] = networks_cached(
             lm, calib, n_groups=args.groups, group_size=args.group_size, n_components=args.n_components,
             fn_method=args.fn_method, seed=args.seed, refresh=args.refresh_networks)
@@ -433,14 +447,19 @@ def main(argv=None) -> int:
                         imp_cache[key] = P.compute_importance("fn", lm, stats, networks=nets, **fkw)
                     kw["importance"] = imp_cache[key]
             method = "fn-threshold" if s["base"] == "fn-threshold" else s["base"]
-            res = P.prune(plm, r_arg, of=args.of, method=method, stats=stats, bias_compensation=s["comp"],
-                          seed=args.seed, **kw)
+            if s["comp"].startswith("ls"):
+                kw["ridge"] = s.get("ridge", args.ridge if args.ridge is not None else P.DEFAULT_RIDGE)
+                if args.ls_regressors:
+                    kw["ls_max_regressors"] = args.ls_regressors
+            res = P.prune(plm, r_arg, of=args.of, method=method, stats=stats, compensation=s["comp"],
+                          seed=args.seed, networks=nets, **kw)
             prune_s = time.perf_counter() - t0
             ev = evaluate(plm, sets, windows=args.windows, windows512=args.windows512)
             row = dict(method=s["name"], ratio=ratio, achieved=res.report["achieved_ratio"],
                        achieved_all=res.report["achieved_ratios"]["all"],
                        achieved_attn_mlp=res.report["achieved_ratios"]["attn+mlp"], threshold=T,
                        prune_seconds=prune_s, allocation=res.report["allocation"],
+                       compensation=res.report["compensation"], ridge=res.report.get("ridge"),
                        widths=res.report["kept_neurons_per_layer"], **ev)
             rows.append(row)
             log(f"{ratio:.0%} {s['name']}: ppl128 {ev['ppl128_prose']:.2f}/{ev['ppl128_code']:.2f}/"

@@ -143,6 +143,149 @@ def test_shrink_equals_masked_dense_every_family(family):
     torch.testing.assert_close(pruned, ref, atol=1e-4, rtol=1e-4)
 
 
+# ------------------------------------------------------------------------------------------ least-squares compensation
+def reconstructed_dense_logits(dense, adapter, recon, keep, ids):
+    """Dense model whose removed neurons' down-projection inputs are replaced by A x_K + c."""
+    lm = as_loaded(dense, None)
+    hs = []
+    for i, layer in enumerate(lm.layers):
+        if i not in recon:
+            continue
+        A, c = (t.float() for t in recon[i])
+        k = torch.as_tensor(keep[i])
+        r = torch.as_tensor(np.setdiff1d(np.arange(adapter.n_neurons(layer)), keep[i]))
+
+        def pre(m, a, A=A, c=c, k=k, r=r):
+            x = a[0].clone()
+            x[..., r] = x[..., k] @ A.T + c
+            return (x,)
+
+        hs.append(adapter.down_proj(layer).register_forward_pre_hook(pre))
+    try:
+        with torch.no_grad():
+            return dense(ids).logits
+    finally:
+        for h in hs:
+            h.remove()
+
+
+def _toy_nets(lm, seed=0, k=6):
+    from funcnet.networks import Decomposition, FunctionalNetworks
+
+    rng = np.random.default_rng(seed)
+    decs = []
+    for l in range(lm.n_layers):
+        w = lm.adapter.n_neurons(lm.layers[l])
+        maps = rng.normal(size=(k, w)).astype(np.float32)
+        for c in range(k):  # a few key neurons per map
+            maps[c, rng.choice(w, 6, replace=False)] = 5.0
+        cols = np.stack([np.full(w, l), np.zeros(w), np.arange(w)], 1).astype(np.int32)
+        decs.append(Decomposition(maps, cols, np.ones(k, np.float32), 0, f"L{l:02d}"))
+    return FunctionalNetworks(decs, ["neurons"], [lm.adapter.n_neurons(l) for l in lm.layers])
+
+
+@pytest.mark.parametrize("family,mode", [("llama", "ls"), ("gpt2", "ls"), ("opt", "ls-fn"), ("qwen3", "ls-fn"),
+                                         ("gemma3", "bias")])
+def test_shrink_equals_reconstructed_dense(family, mode):
+    """The shrunk model equals the dense model with each removed neuron's input replaced by its
+    reconstruction A x_K + c (LS: from kept neurons; bias: its mean), for the new compensations."""
+    model = tiny(family, layers=3)
+    dense = copy.deepcopy(model)
+    lm = as_loaded(model, CharTok())
+    ad = lm.adapter
+    st = P.calibration_stats(lm, TEXTS * 4, calib_tokens=300, max_length=32, covariance=True)
+    nets = _toy_nets(lm)
+    imp = P.compute_importance("flap", lm, st)
+    sel = P.select(lm, imp, 0.3, of="mlp", protect=(0, 0))
+    recon = P.reconstruction(lm, sel, st, mode=mode, ridge=1e-2, networks=nets)
+    assert set(recon) == {0, 1, 2}
+    if mode != "bias":
+        assert any(float(A.abs().max()) > 0 for A, _ in recon.values())  # real regression weights
+    P.apply_selection(lm, sel, st, compensation=mode, ridge=1e-2, networks=nets)
+    ids = torch.randint(2, V, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        pruned = model(ids).logits
+    ref = reconstructed_dense_logits(dense, ad, recon, sel.keep_neurons, ids)
+    assert (pruned - dense(ids).logits).abs().max() > 1e-3
+    torch.testing.assert_close(pruned, ref, atol=1e-4, rtol=1e-4)
+    if mode == "bias":  # the same as FLAP's bias compensation with masking
+        torch.testing.assert_close(pruned, masked_dense_logits(dense, ad, sel, st, ids), atol=1e-4, rtol=1e-4)
+
+
+def test_ls_reconstruction_formula_and_error():
+    """A = C_RK (C_KK + ridge diag C_KK)^-1, c = mu_R - A mu_K from the streamed covariance (checked
+    against the directly recorded activations); on the calibration tokens LS has a smaller output
+    error than bias compensation; ls-fn uses only network co-members."""
+    model = tiny("llama", layers=2)
+    lm = as_loaded(model, CharTok())
+    ad = lm.adapter
+    st = P.calibration_stats(lm, TEXTS * 4, calib_tokens=300, max_length=32, batch_size=3, covariance=True)
+    xs = []
+    h = ad.down_proj(lm.layers[1]).register_forward_pre_hook(lambda m, a: xs.append(a[0][0].double()))
+    ids = []
+    for t in TEXTS * 4:
+        ids += CharTok()(t)["input_ids"] + [1]
+    ids = ids[:300]
+    with torch.no_grad():
+        for k in range(0, len(ids), 32):
+            model(torch.tensor([ids[k:k + 32]]))
+    h.remove()
+    X = torch.cat(xs).numpy()
+    assert X.shape[0] == st.n_tokens
+    C = np.cov(X.T, bias=True)
+    np.testing.assert_allclose(st.cov(1), C, rtol=1e-6, atol=1e-8)
+    sel = P.select(lm, P.compute_importance("flap", lm, st), 0.4, of="mlp", protect=(0, 0))
+    keep = sel.keep_neurons[1]
+    rem = np.setdiff1d(np.arange(I), keep)
+    A, c = P.reconstruction(lm, sel, st, mode="ls", ridge=0.05)[1]
+    Ckk = C[np.ix_(keep, keep)]
+    A_ref = C[np.ix_(rem, keep)] @ np.linalg.inv(Ckk + 0.05 * np.diag(np.diag(Ckk)))
+    np.testing.assert_allclose(A.numpy(), A_ref, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(c.numpy(), X[:, rem].mean(0) - A_ref @ X[:, keep].mean(0), rtol=1e-6, atol=1e-9)
+    W = weight_out_in(ad.down_proj(lm.layers[1])).detach().double().numpy()
+    err = {}
+    for mode in ("bias", "ls"):
+        A, c = P.reconstruction(lm, sel, st, mode=mode, ridge=1e-4)[1]
+        Xr = X[:, keep] @ A.numpy().T + c.numpy()
+        err[mode] = float((((X[:, rem] - Xr) @ W[:, rem].T) ** 2).sum())
+    assert err["ls"] < 0.7 * err["bias"], err
+    # ls-fn: each removed neuron's regressors are kept neurons that share a network with it
+    nets = _toy_nets(lm)
+    strength = P.network_comembers(nets, 1, I)
+    A, _ = P.reconstruction(lm, sel, st, mode="ls-fn", networks=nets, ridge=0.05)[1]
+    A = A.numpy()
+    for a, r in enumerate(rem):
+        allowed = strength[r, keep] > 0
+        assert not A[a, ~allowed].any()
+        if allowed.any():
+            S = keep[allowed]
+            ref = C[r, S] @ np.linalg.inv(C[np.ix_(S, S)] + 0.05 * np.diag(np.diag(C[np.ix_(S, S)])))
+            np.testing.assert_allclose(A[a, allowed], ref, rtol=1e-6, atol=1e-9)
+    # errors: ls needs covariance statistics, ls-fn needs networks, unknown modes are refused
+    st_nocov = P.calibration_stats(lm, TEXTS, calib_tokens=64, max_length=32)
+    with pytest.raises(FuncnetError, match="covariance"):
+        P.prune(copy.deepcopy(lm.model), 0.2, tokenizer=CharTok(), method="flap", stats=st_nocov, compensation="ls",
+                protect=(0, 0))
+    with pytest.raises(FuncnetError, match="networks"):
+        P.prune(copy.deepcopy(lm.model), 0.2, tokenizer=CharTok(), method="flap", stats=st, compensation="ls-fn",
+                protect=(0, 0))
+    with pytest.raises(FuncnetError, match="compensation"):
+        P.prune(copy.deepcopy(lm.model), 0.2, tokenizer=CharTok(), method="flap", stats=st, compensation="magic")
+
+
+def test_prune_ls_calibrates_covariance_for_pruned_layers_only_and_reports():
+    model = tiny("qwen2", layers=4)
+    res = P.prune(model, 0.2, tokenizer=CharTok(), method="wanda-sp", calib=TEXTS * 3, calib_tokens=200,
+                  compensation="ls", protect=(1, 1))
+    assert sorted(res.stats.neuron_xtx) == [1, 2]
+    assert res.report["compensation"] == "ls" and res.report["ridge"] == P.DEFAULT_RIDGE
+    assert res.report["bias_compensation"] is True
+    assert abs(res.report["achieved_ratio"] - 0.2) < 0.05
+    res2 = P.prune(tiny("qwen2", layers=4), 0.2, tokenizer=CharTok(), method="flap", calib=TEXTS, calib_tokens=100,
+                   bias_compensation=False, protect=(1, 1))
+    assert res2.report["compensation"] == "none" and not res2.stats.neuron_xtx
+
+
 # ------------------------------------------------------------------------------------------ calibration
 def test_calibration_stats_exclude_padding_and_match_direct():
     model = tiny("llama")
@@ -435,6 +578,15 @@ def test_save_is_atomic_refuses_existing_and_load_pruned(tmp_path, monkeypatch):
         torch.testing.assert_close(lm3.model(ids).logits, model(ids).logits, atol=1e-4, rtol=1e-4)
     with pytest.raises(FuncnetError):
         P.load_pruned(tmp_path)
+    # and `funcnet eval --model DIR` evaluates the pruned folder (the same logits as in memory)
+    js = tmp_path / "eval.json"
+    assert _cli(["eval", "--model", str(out), "--corpus", "builtin", "--domain", "prose", "--window", "16",
+                 "--max-windows", "2", "--quiet", "--json", str(js)]) == 0
+    ev = json.loads(js.read_text())
+    assert ev["model"] == str(out) and np.isfinite(ev["domains"]["prose"]["ppl"])
+    ids16 = lm3.tokenizer("a b a a b", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(lm3.model(ids16).logits, model(ids16).logits, atol=1e-4, rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -445,6 +597,8 @@ def _cli(argv):
 
 
 def test_cli_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _cli(["prune", "--compensation", "magic", "--out", str(tmp_path / "o")])
     assert _cli(["prune", "--ratio", "1.5", "--out", str(tmp_path / "o")]) == 2
     assert "ratio" in capsys.readouterr().err
     (tmp_path / "exists").mkdir()

@@ -103,9 +103,13 @@ def test_bench_threshold_bisection_hits_ratio_and_matches_reference_masks():
 
 def test_bench_method_names():
     bench = _bench()
-    assert bench.parse_method("fn-nocomp") == {"name": "fn-nocomp", "base": "fn", "score": None, "comp": False}
+    assert bench.parse_method("fn-nocomp") == {"name": "fn-nocomp", "base": "fn", "score": None, "comp": "none"}
     assert bench.parse_method("fn:fn-flap+nocomp")["score"] == "fn-flap"
-    assert bench.parse_method("flap")["comp"] is True
+    assert bench.parse_method("fn:fn-flap+nocomp")["comp"] == "none"
+    assert bench.parse_method("flap")["comp"] == "bias"
+    assert bench.parse_method("flap+ls") == {"name": "flap+ls", "base": "flap", "score": None, "comp": "ls"}
+    assert bench.parse_method("fn+ls-fn@0.1")["comp"] == "ls-fn" and bench.parse_method("fn+ls-fn@0.1")["ridge"] == 0.1
+    assert bench.parse_method("fn:max_abs_z+ls")["score"] == "max_abs_z"
 
 
 def test_fn_default_score_uses_stats_when_given():

@@ -75,6 +75,9 @@ class CalibStats:
     head_sum: dict[int, np.ndarray] = field(default_factory=dict)
     head_sumsq: dict[int, np.ndarray] = field(default_factory=dict)
     identity: dict = field(default_factory=dict)
+    #: per-layer sums of x x^T of the down-projection input (``covariance=True``): what least-squares
+    #: compensation needs; width x width float64 per layer
+    neuron_xtx: dict[int, np.ndarray] = field(default_factory=dict)
 
     def mean(self, layer: int, kind: str = "neurons") -> np.ndarray:
         s = self.neuron_sum if kind == "neurons" else self.head_sum
@@ -89,6 +92,19 @@ class CalibStats:
     def sq_norm(self, layer: int, kind: str = "neurons") -> np.ndarray:
         """Squared L2 norm of each channel over all calibration tokens."""
         return (self.neuron_sumsq if kind == "neurons" else self.head_sumsq)[layer]
+
+    def cov(self, layer: int) -> np.ndarray:
+        """Covariance matrix of the MLP neurons of ``layer`` (needs ``covariance=True``)."""
+        if layer not in self.neuron_xtx:
+            raise FuncnetError(f"no neuron covariance for layer {layer}: least-squares compensation needs "
+                               "calibration statistics recorded with covariance=True")
+        n = max(self.n_tokens, 1)
+        m = self.mean(layer)
+        return self.neuron_xtx[layer] / n - np.outer(m, m)
+
+    @property
+    def has_covariance(self) -> bool:
+        return bool(self.neuron_xtx)
 
 
 def _calib_texts(calib) -> tuple[list[str], Any, dict]:
@@ -176,10 +192,14 @@ def calibration_stats(
     batch_size: int = 8,
     heads: bool = False,
     layers: Iterable[int] | None = None,
+    covariance: bool = False,
+    covariance_layers: Iterable[int] | None = None,
 ) -> CalibStats:
     """Stream calibration text through the dense model and accumulate, per layer, float64 sums and
     sums of squares of every MLP neuron (down-projection input), and of every o_proj input channel
-    when ``heads``. Padding is excluded via the attention mask. Memory: O(layers x width)."""
+    when ``heads``. Padding is excluded via the attention mask. Memory: O(layers x width); with
+    ``covariance`` also the float64 sums of x x^T of the neurons (O(layers x width^2), only for
+    ``covariance_layers`` when given: least-squares compensation needs them for pruned layers only)."""
     lm = as_loaded(model, tokenizer)
     if lm.tokenizer is None:
         raise FuncnetError("calibration needs a tokenizer")
@@ -188,9 +208,11 @@ def calibration_stats(
     all_layers = adapter.get_layers(mdl)
     layer_ids = list(range(len(all_layers))) if layers is None else sorted(set(int(i) for i in layers))
     state: dict[str, Any] = {"mask": None}
-    nsum, nsq, hsum, hsq = {}, {}, {}, {}
+    nsum, nsq, hsum, hsq, xtx = {}, {}, {}, {}, {}
+    cov_ids = set(layer_ids if covariance_layers is None else (int(i) for i in covariance_layers)) \
+        if covariance else set()
 
-    def make_cb(i, s_dict, q_dict):
+    def make_cb(i, s_dict, q_dict, c_dict=None):
         def cb(x):
             m = state["mask"]
             x = x.detach()
@@ -203,13 +225,19 @@ def calibration_stats(
                 q_dict[i] += q
             else:
                 s_dict[i], q_dict[i] = s, q
+            if c_dict is not None:
+                if i in c_dict:
+                    c_dict[i].addmm_(x.t(), x)
+                else:
+                    c_dict[i] = x.t() @ x
 
         return cb
 
     handles = []
     try:
         for i in layer_ids:
-            handles.append(adapter.register_signal_hook(all_layers[i], "neurons", make_cb(i, nsum, nsq)))
+            handles.append(adapter.register_signal_hook(all_layers[i], "neurons",
+                                                        make_cb(i, nsum, nsq, xtx if i in cov_ids else None)))
             if heads:
                 handles.append(adapter.register_signal_hook(all_layers[i], "heads", make_cb(i, hsum, hsq)))
         dev = input_device(mdl)
@@ -233,7 +261,9 @@ def calibration_stats(
         raise FuncnetError("calibration text produced no tokens")
     ident["tokens"] = n_tok
     to_np = lambda d: {i: v.numpy() for i, v in d.items()}  # noqa: E731
-    return CalibStats(n_tok, to_np(nsum), to_np(nsq), to_np(hsum), to_np(hsq), ident)
+    if covariance:
+        ident["covariance"] = True
+    return CalibStats(n_tok, to_np(nsum), to_np(nsq), to_np(hsum), to_np(hsq), ident, to_np(xtx))
 
 
 # =============================================================================================
@@ -621,6 +651,26 @@ def select(
 # =============================================================================================
 # 4-5. compensation and physical shrink
 # =============================================================================================
+#: ``none``: drop removed neurons; ``bias`` (FLAP): replace each removed neuron's input by its
+#: calibration mean, folded into the down projection's bias; ``ls``: replace the removed inputs by
+#: their least-squares reconstruction from all kept neurons of the layer (x_R ~ A x_K + c, ridge),
+#: folded into the kept down-projection columns and the bias; ``ls-fn``: the same, but each removed
+#: neuron is reconstructed only from kept neurons that share a functional network with it.
+COMPENSATIONS = ("none", "bias", "ls", "ls-fn")
+DEFAULT_COMPENSATION = "bias"
+#: ridge of least-squares compensation, relative to each regressor's variance
+DEFAULT_RIDGE = 1e-2
+#: ``ls-fn``: at most this many regressors per removed neuron (its strongest network co-members)
+DEFAULT_LS_FN_REGRESSORS = 128
+
+
+def _resolve_compensation(compensation: str | None, bias_compensation: bool) -> str:
+    comp = compensation if compensation is not None else ("bias" if bias_compensation else "none")
+    if comp not in COMPENSATIONS:
+        raise FuncnetError(f"unknown compensation '{comp}'; choose from {', '.join(COMPENSATIONS)}")
+    return comp
+
+
 def compensation(lm, selection: Selection, stats: CalibStats) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """FLAP's bias compensation: for each layer W_down[:, pruned] @ mean(x_pruned) (and
     W_o[:, pruned cols] @ mean for heads), as float64 vectors."""
@@ -647,21 +697,135 @@ def compensation(lm, selection: Selection, stats: CalibStats) -> tuple[dict[int,
     return mlp, attn
 
 
-@torch.no_grad()
-def apply_selection(lm, selection: Selection, stats: CalibStats | None = None, *, bias_compensation: bool = True) -> None:
-    """Physically shrink the model in place (with bias compensation when ``stats`` are given)."""
+def _ridge_solve(S_kk: torch.Tensor, S_rk: torch.Tensor, ridge: float) -> torch.Tensor:
+    """A = S_rk (S_kk + ridge diag(S_kk))^-1, S_kk symmetric PSD (float64)."""
+    d = torch.diagonal(S_kk).clamp_min(0)
+    floor = 1e-12 * max(float(d.mean()), 1e-30)
+    M = S_kk + torch.diag(ridge * d + floor)
+    L, info = torch.linalg.cholesky_ex(M)
+    if int(info) != 0:  # not positive definite (e.g. ridge 0 with collinear neurons): least-norm solution
+        return torch.linalg.lstsq(M, S_rk.T, driver="gelsd").solution.T
+    return torch.cholesky_solve(S_rk.T, L).T
+
+
+def network_comembers(networks, layer: int, width: int, *, threshold: float = 3.6) -> np.ndarray:
+    """[width, width] float64 co-membership strength of the neurons of ``layer``: the sum over every
+    map (of every group) in which both neurons are key (|z| > threshold) of |z_a| |z_b|; zero for
+    pairs that share no functional network."""
+    sig = list(getattr(networks, "signals", ["neurons"]))
+    s_idx = sig.index("neurons") if "neurons" in sig else 0
+    rows = []
+    for d in networks.decompositions:
+        sel = (d.columns[:, 0] == layer) & (d.columns[:, 1] == s_idx)
+        if not sel.any():
+            continue
+        z = np.zeros((d.k, width), np.float64)
+        z[:, d.columns[sel, 2]] = np.abs(d.maps[:, sel])
+        z[z <= threshold] = 0.0
+        rows.append(z)
+    if not rows:
+        return np.zeros((width, width))
+    Z = np.concatenate(rows)
+    return Z.T @ Z
+
+
+def reconstruction(lm, selection: Selection, stats: CalibStats, *, mode: str = "ls", ridge: float = DEFAULT_RIDGE,
+                   networks=None, max_regressors: int = DEFAULT_LS_FN_REGRESSORS, fn_threshold: float = 3.6
+                   ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per pruned layer, (A [removed, kept], c [removed]) such that the removed neurons' inputs are
+    approximated by x_R ~ A x_K + c (float64; removed and kept in ascending neuron order).
+
+    ``bias``: A = 0, c = mean(x_R). ``ls``: the least-squares (ridge) regression of x_R on all kept
+    neurons, from the dense model's calibration covariance: A = C_RK (C_KK + ridge diag(C_KK))^-1,
+    c = mean_R - A mean_K. This minimizes E||W_R (x_R - A x_K - c)||^2 for any W_R, so the folded
+    update W_K += W_R A, b += W_R c is the best linear replacement of the removed neurons.
+    ``ls-fn``: the same regression per removed neuron, restricted to the (at most ``max_regressors``
+    strongest) kept neurons that share a functional network with it (key, |z| > ``fn_threshold``,
+    in a common map); a removed neuron in no network with a kept one gets its mean (as ``bias``)."""
     lm = as_loaded(lm)
     ad = lm.adapter
-    if bias_compensation and stats is None:
-        raise FuncnetError("bias compensation needs calibration statistics (or pass bias_compensation=False)")
-    comp_mlp, comp_attn = compensation(lm, selection, stats) if bias_compensation else ({}, {})
+    if mode not in ("bias", "ls", "ls-fn"):
+        raise FuncnetError(f"no reconstruction for compensation '{mode}'")
+    if mode == "ls-fn":
+        if networks is None:
+            raise FuncnetError("compensation 'ls-fn' needs functional networks (networks=)")
+        _, networks = _load_networks(networks, lm)
+    out = {}
+    for i, layer in enumerate(lm.layers):
+        w = ad.n_neurons(layer)
+        keep = np.asarray(selection.keep_neurons[i], dtype=np.int64)
+        rem = np.setdiff1d(np.arange(w), keep)
+        if not len(rem):
+            continue
+        mean = torch.as_tensor(stats.mean(i), dtype=torch.float64)
+        if mode == "bias":
+            out[i] = (torch.zeros(len(rem), len(keep), dtype=torch.float64), mean[rem])
+            continue
+        C = torch.as_tensor(stats.cov(i), dtype=torch.float64)
+        kt, rt = torch.as_tensor(keep), torch.as_tensor(rem)
+        if mode == "ls":
+            A = _ridge_solve(C[kt][:, kt], C[rt][:, kt], ridge)
+        else:
+            strength = network_comembers(networks, i, w, threshold=fn_threshold)[np.ix_(rem, keep)]
+            A = torch.zeros(len(rem), len(keep), dtype=torch.float64)
+            for a, r in enumerate(rem):
+                cand = np.flatnonzero(strength[a] > 0)
+                if not len(cand):
+                    continue
+                if len(cand) > max_regressors:
+                    cand = cand[np.argsort(-strength[a, cand], kind="stable")[:max_regressors]]
+                ct = torch.as_tensor(np.sort(cand))
+                S = kt[ct]
+                A[a, ct] = _ridge_solve(C[S][:, S], C[int(r), S][None, :], ridge)[0]
+        out[i] = (A, mean[rt] - A @ mean[kt])
+    return out
+
+
+def compensation_terms(lm, selection: Selection, stats: CalibStats | None, *, mode: str = "bias",
+                       ridge: float = DEFAULT_RIDGE, networks=None, max_regressors: int = DEFAULT_LS_FN_REGRESSORS,
+                       fn_threshold: float = 3.6) -> tuple[dict, dict, dict]:
+    """(mlp bias deltas, attention bias deltas, down-projection weight deltas of the kept columns)
+    for compensation ``mode``, all float64. Heads always get bias compensation (unless ``none``)."""
+    lm = as_loaded(lm)
+    if mode == "none":
+        return {}, {}, {}
+    if stats is None:
+        raise FuncnetError(f"compensation '{mode}' needs calibration statistics (or compensation='none')")
+    mlp_b, attn_b = compensation(lm, selection, stats)
+    if mode == "bias":
+        return mlp_b, attn_b, {}
+    ad = lm.adapter
+    mlp_b, mlp_w = {}, {}
+    for i, (A, c) in reconstruction(lm, selection, stats, mode=mode, ridge=ridge, networks=networks,
+                                    max_regressors=max_regressors, fn_threshold=fn_threshold).items():
+        layer = lm.layers[i]
+        rem = np.setdiff1d(np.arange(ad.n_neurons(layer)), selection.keep_neurons[i])
+        W_R = _w(ad, layer, ad.down)[:, torch.as_tensor(rem)]
+        mlp_b[i] = W_R @ c
+        mlp_w[i] = W_R @ A
+    return mlp_b, attn_b, mlp_w
+
+
+@torch.no_grad()
+def apply_selection(lm, selection: Selection, stats: CalibStats | None = None, *, bias_compensation: bool = True,
+                    compensation: str | None = None, ridge: float = DEFAULT_RIDGE, networks=None,
+                    max_regressors: int = DEFAULT_LS_FN_REGRESSORS) -> None:
+    """Physically shrink the model in place, with ``compensation`` (default: ``bias`` when
+    ``bias_compensation``, else ``none``; see :data:`COMPENSATIONS`)."""
+    lm = as_loaded(lm)
+    ad = lm.adapter
+    mode = _resolve_compensation(compensation, bias_compensation)
+    if mode != "none" and stats is None:
+        raise FuncnetError(f"{mode} compensation needs calibration statistics (or pass bias_compensation=False)")
+    comp_mlp, comp_attn, comp_w = compensation_terms(lm, selection, stats, mode=mode, ridge=ridge, networks=networks,
+                                                     max_regressors=max_regressors)
     for i, layer in enumerate(lm.layers):
         if selection.keep_heads and selection.keep_heads.get(i) is not None:
             hc = shrink.layer_head_config(ad, lm.model, layer)
             if len(selection.keep_heads[i]) < hc.n_kv_heads:
                 shrink.slice_heads(ad, layer, hc, selection.keep_heads[i], comp_attn.get(i))
         if len(selection.keep_neurons[i]) < ad.n_neurons(layer):
-            shrink.slice_mlp(ad, layer, selection.keep_neurons[i], comp_mlp.get(i))
+            shrink.slice_mlp(ad, layer, selection.keep_neurons[i], comp_mlp.get(i), comp_w.get(i))
     _update_config(lm)
 
 
@@ -715,15 +879,26 @@ def prune(
     importance: Importance | dict | None = None,
     keep_masks: dict | None = None,
     networks=None,
+    compensation: str | None = None,
+    ridge: float = DEFAULT_RIDGE,
+    ls_max_regressors: int = DEFAULT_LS_FN_REGRESSORS,
     **method_kw,
 ) -> PruneResult:
     """Prune ``model`` (a LoadedModel, a spec, or a model with ``tokenizer=``) in place.
 
     ``importance`` (``{layer: scores}`` or :class:`Importance`) or ``keep_masks`` (``{layer: bool
-    array}``) bypass the method's own scoring (how ``fn`` results plug in)."""
+    array}``) bypass the method's own scoring (how ``fn`` results plug in). ``compensation`` is one
+    of :data:`COMPENSATIONS` (default :data:`DEFAULT_COMPENSATION`, or ``none`` when
+    ``bias_compensation=False``); ``ls`` / ``ls-fn`` need statistics with ``covariance=True``
+    (computed here when ``stats`` is not given), ``ls-fn`` also ``networks``."""
     from . import __version__
 
     lm = as_loaded(model, tokenizer)
+    comp = _resolve_compensation(compensation if compensation is not None else
+                                 (DEFAULT_COMPENSATION if bias_compensation else "none"), bias_compensation)
+    bias_compensation = comp != "none"
+    if comp.startswith("ls") and stats is not None and not stats.has_covariance:
+        raise FuncnetError(f"compensation '{comp}' needs calibration statistics recorded with covariance=True")
     name = method if isinstance(method, str) else getattr(method, "__name__", "custom")
     if keep_masks is not None:
         name = "fn-threshold"
@@ -743,8 +918,13 @@ def prune(
             raise FuncnetError(
                 f"method '{name}'{' with bias compensation' if bias_compensation else ''} needs calibration text (calib=)"
             )
+        cov_layers = None
+        if comp.startswith("ls"):
+            prot = set(_parse_protect(protect, lm.n_layers))
+            cov_layers = [i for i in range(lm.n_layers) if i not in prot]
         stats = calibration_stats(lm, calib, calib_tokens=calib_tokens, max_length=max_length,
-                                  batch_size=batch_size, heads=heads)
+                                  batch_size=batch_size, heads=heads, covariance=comp.startswith("ls"),
+                                  covariance_layers=cov_layers)
     if keep_masks is not None:
         imp = imp_fn_threshold(lm, keep_masks=keep_masks)
     elif importance is not None:
@@ -769,7 +949,10 @@ def prune(
     alloc = allocation or DEFAULT_ALLOCATION.get(imp.method or name, "global")
     sel = select(lm, imp, ratio, of=of, allocation=alloc, protect=protect, heads=heads,
                  bias_compensation=bias_compensation)
-    apply_selection(lm, sel, stats, bias_compensation=bias_compensation)
+    if comp == "ls-fn" and networks is None:
+        raise FuncnetError("compensation 'ls-fn' needs functional networks (networks=, --networks)")
+    apply_selection(lm, sel, stats, compensation=comp, ridge=ridge, networks=networks,
+                    max_regressors=ls_max_regressors)
     after = param_counts(lm)
     achieved = (before[of] - after[of]) / before[of]
     report = {
@@ -792,6 +975,8 @@ def prune(
         "params_before": before,
         "params_after": after,
         "bias_compensation": bool(bias_compensation),
+        "compensation": comp,
+        "ridge": float(ridge) if comp.startswith("ls") else None,
         "protected_layers": sel.protected,
         "seed": seed,
         "base_model": {"spec": lm.spec, "family": lm.adapter.family},
@@ -934,7 +1119,7 @@ def summary_lines(report: dict) -> list[str]:
     hp = report.get("kept_heads_per_layer") or []
     if hp:
         rows.append(("heads per layer", f"{min(hp)}..{max(hp)}"))
-    rows.append(("bias compensation", "yes" if report["bias_compensation"] else "no"))
+    rows.append(("compensation", report.get("compensation") or ("bias" if report["bias_compensation"] else "none")))
     rows.append(("protected layers", ",".join(map(str, report["protected_layers"])) or "none"))
     w = max(len(k) for k, _ in rows)
     return [f"{k:<{w}}  {v}" for k, v in rows]
@@ -959,6 +1144,7 @@ def _cmd_prune(args) -> int:
     res = prune(
         lm, args.ratio, of=args.of, method=args.method, calib=args.calib, calib_tokens=args.calib_tokens,
         batch_size=args.batch_size, heads=args.heads, bias_compensation=not args.no_bias_compensation,
+        compensation="none" if args.no_bias_compensation else args.compensation, ridge=args.ridge,
         allocation=args.allocation, protect=args.protect, seed=args.seed, networks=args.networks, **kw,
     )
     save_pruned(res.lm, lm.tokenizer, out, res.report, overwrite=args.overwrite)
@@ -975,7 +1161,12 @@ def register_cli(sub) -> None:
     p.add_argument("--of", choices=DENOMINATORS, default="mlp", help="denominator of the ratio")
     p.add_argument("--method", choices=list(METHODS), default="flap")
     p.add_argument("--heads", action="store_true", help="also prune attention heads (whole key/value groups)")
-    p.add_argument("--no-bias-compensation", action="store_true")
+    p.add_argument("--compensation", choices=COMPENSATIONS, default=None,
+                   help=f"how removed neurons are compensated (default {DEFAULT_COMPENSATION}): none, bias (FLAP's "
+                        "mean), ls (least-squares reconstruction from all kept neurons), ls-fn (from kept "
+                        "members of the neuron's functional networks)")
+    p.add_argument("--ridge", type=float, default=DEFAULT_RIDGE, help="ridge of ls / ls-fn, relative to variances")
+    p.add_argument("--no-bias-compensation", action="store_true", help="= --compensation none")
     p.add_argument("--allocation", choices=ALLOCATIONS, default=None,
                    help="global ranking (adaptive widths) or uniform per layer (default: the method's own)")
     p.add_argument("--protect", default="3,2", help="FIRST,LAST layers kept whole (default 3,2)")

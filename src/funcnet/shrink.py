@@ -49,17 +49,23 @@ def slice_module(
     out_idx: torch.Tensor | None = None,
     in_idx: torch.Tensor | None = None,
     bias_delta: torch.Tensor | None = None,
+    weight_delta: torch.Tensor | None = None,
 ) -> nn.Module:
     """A new module keeping output rows ``out_idx`` and input columns ``in_idx`` of ``mod``.
 
     ``bias_delta`` (length = new out features) is added to the bias; a bias is created when the
-    module had none.
+    module had none. ``weight_delta`` ([new out, new in], out x in orientation) is added to the
+    sliced weight (in float64, then cast back).
     """
     W = weight_out_in(mod)
     if out_idx is not None:
         W = W.index_select(0, out_idx.to(W.device))
     if in_idx is not None:
         W = W.index_select(1, in_idx.to(W.device))
+    if weight_delta is not None:
+        if tuple(weight_delta.shape) != tuple(W.shape):
+            raise FuncnetError(f"weight delta of shape {tuple(weight_delta.shape)} for a weight of {tuple(W.shape)}")
+        W = (W.double() + weight_delta.to(device=W.device, dtype=torch.float64)).to(W.dtype)
     old_b = getattr(mod, "bias", None)
     b = None
     if old_b is not None:
@@ -82,10 +88,12 @@ def _idx(x: Sequence[int] | torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def slice_mlp(
-    adapter: ArchAdapter, layer: nn.Module, keep: Sequence[int] | torch.Tensor, bias_delta: torch.Tensor | None = None
+    adapter: ArchAdapter, layer: nn.Module, keep: Sequence[int] | torch.Tensor, bias_delta: torch.Tensor | None = None,
+    weight_delta: torch.Tensor | None = None,
 ) -> None:
     """Keep MLP neurons ``keep`` of ``layer``: rows of gate/up (or fused gate_up, or fc_in), columns
-    of the down projection; ``bias_delta`` is added to the down projection's bias."""
+    of the down projection; ``bias_delta`` is added to the down projection's bias and
+    ``weight_delta`` ([out, len(keep)], kept neurons in ascending order) to its kept columns."""
     keep = torch.sort(_idx(keep)).values
     width = adapter.n_neurons(layer)
     if keep.numel() == 0 or int(keep.max()) >= width or int(keep.min()) < 0:
@@ -96,7 +104,8 @@ def slice_mlp(
     for path in (adapter.gate, adapter.up):
         if path is not None:
             _set(layer, path, slice_module(_get(layer, path), out_idx=keep))
-    _set(layer, adapter.down, slice_module(_get(layer, adapter.down), in_idx=keep, bias_delta=bias_delta))
+    _set(layer, adapter.down, slice_module(_get(layer, adapter.down), in_idx=keep, bias_delta=bias_delta,
+                                           weight_delta=weight_delta))
 
 
 def head_rows(adapter: ArchAdapter, hc: HeadConfig) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
