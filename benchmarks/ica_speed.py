@@ -143,38 +143,53 @@ def compare(ref: dict, other: dict, stable: float) -> tuple[float, float, int]:
     return ov, float(r.max(axis=1).mean()), int(keep.sum())
 
 
-def all_layers(args) -> int:
-    """Time what the goal names, not an extrapolation: funcnet's per-layer mode on all 30 layers at
-    once through ``fit_many`` (one single-threaded fit per core), k, n_init and ICASSO as given."""
+def _open_store(args):
+    """The activation store both timed modes decompose: all layers of SmolLM2 on --max-tokens tokens
+    of the built-in prose in --window-token packed windows, recorded to disk once (not timed)."""
+    import funcnet
+    from funcnet.record import record
+    from funcnet.store import ActivationStore
+
+    store_dir = Path(args.store or tempfile.mkdtemp(prefix="funcnet-ica-bench-"))
+    t0 = time.perf_counter()
+    if not (store_dir / "manifest.json").exists():
+        lm = funcnet.load_model("smollm2-135m")
+        record(lm, "builtin:prose", out=store_dir, max_tokens=args.max_tokens, max_length=args.window, mode="packed")
+        del lm
+    import gc
+
+    gc.collect()
+    return ActivationStore.open(store_dir), time.perf_counter() - t0
+
+
+def _timed_decompose(args, mode: str) -> int:
+    """Time what users run (``funcnet networks``): ``funcnet.networks.decompose(store, mode=...)``
+    with documents as subjects streamed from the memory-mapped store; per-layer fits run through
+    ``fit_many`` (one single-threaded fit per core). Prints wall time, CPU time and peak RSS."""
     import torch
 
-    from funcnet.ica import fit_many
+    from funcnet.networks import decompose
 
-    layers = list(range(N_LAYERS_SMOLLM2))
-    t0 = time.perf_counter()
-    acts = record_activations(layers, args.max_tokens, args.window)
-    t_rec = time.perf_counter() - t0
-    T, N = acts[0].shape
-    if args.subjects == "windows":
-        inputs = [[a[s:s + args.window] for s in range(0, len(a), args.window)] for a in (acts[l] for l in layers)]
-    else:
-        inputs = [acts[l] for l in layers]
     warnings.simplefilter("ignore")
+    store, t_rec = _open_store(args)
     rss0 = _peak_rss_mb()
     c0, t0 = time.process_time(), time.perf_counter()
-    ests = fit_many(inputs, dict(n_components=args.k, n_init=args.n_init, random_state=0), progress=True)
+    nets = decompose(store, mode=mode, n_components=args.k, n_init=args.n_init, random_state=0)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    n_stable = [int((e.stability_ >= args.stable).sum()) for e in ests]
-    print(f"\nper-layer mode, all {len(layers)} layers, {T} tokens x {N} neurons, k={args.k}, n_init={args.n_init} + "
-          f"ICASSO, subjects={args.subjects}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs")
-    print(f"recording {t_rec:.1f} s (not counted); decomposition wall {wall:.1f} s, CPU {cpu:.1f} s, "
-          f"peak RSS {max(rss0, _peak_rss_mb()):.0f} MB (activations {T * N * 4 * len(layers) / 2**30:.1f} GiB in memory)")
-    print(f"stable maps (>= {args.stable}) per layer: min {min(n_stable)}, median {int(np.median(n_stable))}, "
-          f"max {max(n_stable)}; load average at the end {os.getloadavg()[0]:.1f}")
+    decs = nets.decompositions
+    n_stable = [int((d.stability >= args.stable).sum()) for d in decs]
+    n_docs = len(np.unique(store.tokens["doc_ids"]))
+    print(f"\n{mode} mode: {len(decs)} decomposition(s) of {store.n_tokens} tokens ({n_docs} documents = subjects) x "
+          f"{decs[0].maps.shape[1]} neurons ({len(store.layers)} layers), k={args.k}, n_init={args.n_init} + ICASSO; "
+          f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs")
+    print(f"recording/opening the store {t_rec:.1f} s (not counted); decomposition wall {wall:.1f} s, CPU {cpu:.1f} s; "
+          f"peak RSS {_peak_rss_mb():.0f} MB (before: {rss0:.0f} MB); stable maps (>= {args.stable}) per "
+          f"decomposition: median {int(np.median(n_stable))}; load average at the end {os.getloadavg()[0]:.1f}")
     if args.out:
-        Path(args.out).write_text(json.dumps(dict(layers=len(layers), tokens=T, neurons=N, k=args.k,
-                                                  n_init=args.n_init, subjects=args.subjects, wall_s=wall,
-                                                  cpu_s=cpu, record_s=t_rec, n_stable=n_stable,
+        Path(args.out).write_text(json.dumps(dict(mode=mode, tokens=store.n_tokens, documents=n_docs,
+                                                  neurons=int(decs[0].maps.shape[1]), decompositions=len(decs),
+                                                  k=args.k, n_init=args.n_init, wall_s=wall, cpu_s=cpu,
+                                                  peak_rss_mb=_peak_rss_mb(), rss_before_mb=rss0, n_stable=n_stable,
                                                   load_end=os.getloadavg()[0]), indent=2))
     return 0
 
@@ -191,12 +206,14 @@ def main(argv=None) -> int:
     ap.add_argument("--npy-dir", default=None, help="read layer{L}.npy [tokens, neurons] instead of recording")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--all-layers", action="store_true",
-                    help="time funcnet alone on all 30 layers at once (fit_many), instead of the per-layer comparison")
+                    help="time funcnet's per-layer mode on all 30 layers (decompose on a store), not the comparison")
     ap.add_argument("--subjects", choices=("windows", "one"), default="windows",
                     help="funcnet's subjects: one per --window tokens (default) or the whole matrix as one")
+    ap.add_argument("--whole", action="store_true", help="time whole-model mode (all layers' neurons together)")
+    ap.add_argument("--store", default=None, help="--whole / --all-layers: reuse (or create) the activation store in this folder")
     args = ap.parse_args(argv)
-    if args.all_layers:
-        return all_layers(args)
+    if args.whole or args.all_layers:
+        return _timed_decompose(args, "whole" if args.whole else "per-layer")
     layers = [int(x) for x in args.layers.split(",")]
     methods = list(ALL_METHODS) if args.methods == "all" else args.methods.split(",")
     if "funcnet" not in methods:

@@ -171,3 +171,18 @@ def test_networks_cli_on_saved_tiny_model(tmp_path, capsys):
     assert FunctionalNetworks.load(out).n_networks == 3
     assert main(args) == 2  # refuses to overwrite
     assert "exists" in capsys.readouterr().err
+
+
+def test_store_documents_stream_as_subjects(store):
+    """decompose() streams the store's documents (one subject each) instead of loading them:
+    SubjectStream yields exactly the per-document arrays of ArraySource.subjects()."""
+    from funcnet.store import SubjectStream
+
+    srcs = [store.source(store.layers[:2], "neurons")]
+    stream = SubjectStream(srcs)
+    chunks = list(stream.iter_chunks())
+    subs = srcs[0].subjects()
+    assert len(chunks) == len(subs) > 1
+    for a, b in zip(chunks, subs):
+        np.testing.assert_array_equal(a, b)
+    assert stream.shape == srcs[0].shape

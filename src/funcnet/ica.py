@@ -73,6 +73,7 @@ __all__ = [
 ]
 
 _BLOCK_ROWS = 8192          # rows per block when streaming an in-memory matrix
+_CACHE_BYTES = 1 << 30      # largest group-row matrix kept in memory between reduction passes
 _GRAM_MAX = 8192            # largest neuron count for which the neuron x neuron Gram matrix is used
 _CONST_RTOL = 1e-6          # a neuron is constant if std <= _CONST_RTOL * median std
 _REPRO_R = 0.9              # |r| threshold of ``reproducibility_``
@@ -988,8 +989,10 @@ class CanICA:
         self.reduction_ = red
         m = int(self.migp_rows or max(4 * k, 256))
 
-        # canica's group rows are small (subjects x k); keep them when several passes need them
-        cache = (self.method == "canica" and red in ("exact", "randomized")) or (
+        # canica's group rows (at most k per subject) are kept when several passes need them and
+        # they fit the budget; otherwise they are recomputed from the (streamed) subjects per pass
+        row_bytes = sum(min(k, t) for t in stats.lengths) * N * (8 if cdtype == torch.float64 else 4)
+        cache = (self.method == "canica" and red in ("exact", "randomized") and row_bytes <= _CACHE_BYTES) or (
             red == "exact" and data.in_memory and stats.n_tokens < N)
 
         def reduce(weights, rseed):

@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ._io import atomic_path
+from .store import SubjectStream
 from .errors import FuncnetError
 
 FORMAT = "funcnet-networks"
@@ -446,8 +447,8 @@ def decompose(
         def load_input(job, docs=docs):
             _, ls, _ = job
             srcs = [store.source(ls, s, documents=docs if len(groups) > 1 else None) for s in signals]
-            if method == "canica":
-                return [np.concatenate(parts, axis=1) for parts in zip(*[s.subjects() for s in srcs])]
+            if method == "canica":   # documents = subjects, streamed from disk (memory stays bounded)
+                return SubjectStream(srcs)
             if len(srcs) == 1:
                 return srcs[0]
             return np.concatenate([s.to_array() for s in srcs], axis=1)

@@ -113,6 +113,11 @@ class ArraySource:
     def to_array(self) -> np.ndarray:
         return np.concatenate(list(self.iter_chunks()), axis=0) if self.n_tokens else np.zeros(self.shape, np.float32)
 
+    def subject_stream(self) -> "SubjectStream":
+        """The documents as a stream (one chunk = one subject, read from disk at every pass):
+        what group ICA of many neurons needs when the subjects do not fit in memory."""
+        return SubjectStream([self])
+
     def subjects(self) -> list[np.ndarray]:
         """One float32 array per document (the 'subjects' of group ICA)."""
         arrays = [self.store.layer(l, s) for l, s in self.keys]
@@ -120,6 +125,27 @@ class ArraySource:
         for rows in self.store.document_rows(self.token_index):
             out.append(np.concatenate([self.store._to_float(a[rows]) for a in arrays], axis=1))
         return out
+
+
+class SubjectStream:
+    """Documents of one or more sources (same store and tokens; columns side by side) as a
+    re-iterable stream for :class:`funcnet.ica.CanICA`: ``iter_chunks()`` yields one float32
+    ``[tokens, width]`` array per document, memory-mapped from the store, never all at once."""
+
+    def __init__(self, sources: Sequence[ArraySource]):
+        if not sources:
+            raise FuncnetError("SubjectStream needs at least one source")
+        self.sources = list(sources)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.sources[0].n_tokens, sum(s.shape[1] for s in self.sources))
+
+    def iter_chunks(self) -> Iterator[np.ndarray]:
+        src = self.sources[0]
+        arrays = [(s.store, s.store.layer(l, sig)) for s in self.sources for l, sig in s.keys]
+        for rows in src.store.document_rows(src.token_index):
+            yield np.concatenate([st._to_float(a[rows]) for st, a in arrays], axis=1)
 
 
 class ActivationStore:
