@@ -244,22 +244,34 @@ def test_perturbation_families_are_derived(victim, family):
     sus = derived(lm, fn, family)
     diff = sum(float((a - b).abs().sum().detach()) for a, b in zip(sus.model.parameters(), lm.model.parameters()))
     assert diff > 0  # the suspect really differs
+    if family == "finetune":  # a real fine-tune: the loss on its text fell by more than half
+        assert _FT_LOSS["after"] < 0.5 * _FT_LOSS["before"], _FT_LOSS
     res = F.compare(prof, sus, n_null=100)
     assert res.verdict == "derived", (family, res.score, res.p_value)
 
 
-def _finetune(model, steps=20):
+_FT_LOSS: dict = {}
+
+
+def _finetune(model, steps=20, lr=3e-4):
+    """20 AdamW steps on text the probes barely contain (lr 3e-4: a random-init model has no
+    stable function to keep, and at 1e-3 twenty steps are closer to training it from scratch on
+    one sentence than to a fine-tune; the loss drop on that text is checked by the test)."""
     tk = get_tok("word")
     ids = torch.as_tensor(tk("Cities should plant more trees, and the printing press was developed in Mainz. " * 4)
                           ["input_ids"])[None]
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
+    losses = []
     for _ in range(steps):
         loss = model(input_ids=ids, labels=ids).loss
+        losses.append(float(loss.detach()))
         loss.backward()
         opt.step()
         opt.zero_grad()
     model.eval()
+    with torch.no_grad():
+        _FT_LOSS.update(before=losses[0], after=float(model(input_ids=ids, labels=ids).loss))
     return model
 
 

@@ -201,76 +201,33 @@ def _standardize(X: np.ndarray) -> np.ndarray:
     return Z
 
 
-def _reduce(Z: np.ndarray, k: int) -> np.ndarray:
-    """Top-k spatial principal directions of Z [T, F] as a whitened [F, k] matrix (Gram + eigh)."""
-    Zt = torch.from_numpy(Z)
-    G = (Zt @ Zt.T).double()
-    evals, evecs = torch.linalg.eigh(G)
-    evals, evecs = evals.flip(0)[:k], evecs.flip(1)[:, :k]
-    evals = evals.clamp_min(1e-9)
-    U = (Zt.T.double() @ evecs) / evals.sqrt()  # [F, k], orthonormal columns
-    return (U * math.sqrt(U.shape[0])).numpy()  # unit variance per column
+#: ICA engine of the fingerprint: funcnet.ica.CanICA, the papers' recipe (``method="reference"``:
+#: Gram-matrix PCA to k, symmetric FastICA with the cube contrast), one run per seed, float32.
+#: Profiles written before 2026-11-28 say ``backend="internal"`` (the same recipe in a private
+#: implementation, unmixing estimated on 6,000 units); they are read as they are and their
+#: suspects are decomposed with CanICA (the two gave the same scores to within 0.002 on the suite's
+#: fine-tuned and Gemma suspects).
+ICA_BACKEND = "canica"
 
 
-_ICA_SAMPLES = 6000
+def _ica_maps(Z: np.ndarray, k: int, seeds: Sequence[int]) -> list[np.ndarray]:
+    """One [k, F] array of z-scored spatial maps (heaviest tail positive) per seed, from
+    :class:`funcnet.ica.CanICA` (units are the samples: spatial ICA)."""
+    import warnings
 
+    from .ica import CanICA, ICAConvergenceWarning
 
-def _fastica_unmixing(Y: np.ndarray, seed: int, max_iter: int = 150, tol: float = 1e-4) -> np.ndarray:
-    """Symmetric FastICA with the cube contrast on whitened samples Y [n, k] -> unmixing W [k, k]
-    (torch float32 matmuls, float64 decorrelation: numpy BLAS is much slower on small shared CPUs)."""
-    rng = np.random.default_rng(seed)
-    k = Y.shape[1]
-    Yt = torch.as_tensor(Y, dtype=torch.float32)
-    W = torch.as_tensor(rng.standard_normal((k, k)), dtype=torch.float32)
-
-    def sym(W):
-        W = W.double()
-        s, u = torch.linalg.eigh(W @ W.T)
-        return ((u * s.clamp_min(1e-12).rsqrt()) @ u.T @ W).float()
-
-    W = sym(W)
-    n = Yt.shape[0]
-    for _ in range(max_iter):
-        S = Yt @ W.T
-        W1 = sym((S ** 3).T @ Yt / n - 3.0 * (S ** 2).mean(0)[:, None] * W)
-        lim = float(((W1 * W).sum(1).abs() - 1.0).abs().max())
-        W = W1
-        if lim < tol:
-            break
-    return W.double().numpy()
-
-
-def _ica_maps(Z: np.ndarray, k: int, seeds: Sequence[int], backend: str) -> list[np.ndarray]:
-    """One [k, F] array of z-scored spatial maps (heaviest tail positive) per seed."""
-    if backend == "canica":
-        from .ica import CanICA
-
-        out = []
-        for s in seeds:
-            est = CanICA(n_components=k, n_init=1, fun="cube", method="reference", random_state=int(s),
-                         standardize=False).fit(Z)
-            out.append(np.asarray(est.components_, dtype=np.float64))
-        return out
-    Y = _reduce(Z, k)
     out = []
     for s in seeds:
-        # unmixing estimated on at most _ICA_SAMPLES units (spatial samples), applied to all of them
-        rng = np.random.default_rng(int(s) + 7)
-        sub = np.sort(rng.choice(len(Y), _ICA_SAMPLES, replace=False)) if len(Y) > _ICA_SAMPLES else slice(None)
-        W = _fastica_unmixing(Y[sub], int(s))
-        S = (Y @ W.T).T  # [k, F]
-        S = (S - S.mean(1, keepdims=True)) / np.maximum(S.std(1, keepdims=True), 1e-12)
-        skew = (S ** 3).mean(1)
-        S *= np.where(skew < 0, -1.0, 1.0)[:, None]
-        out.append(S)
+        est = CanICA(n_components=k, n_init=1, fun="cube", method="reference", random_state=int(s),
+                     standardize=False, dtype=torch.float32)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ICAConvergenceWarning)
+            est.fit(Z)
+        if caught:
+            log.info("fingerprint ICA seed %s: %s", s, caught[0].message)
+        out.append(np.asarray(est.components_, dtype=np.float64))
     return out
-
-
-def _default_backend() -> str:
-    env = os.environ.get("FUNCNET_FINGERPRINT_ICA")
-    if env:
-        return env
-    return "internal"
 
 
 # =============================================================================== profile
@@ -483,7 +440,6 @@ def profile(
     max_length: int = 256,
     units: str = "words",
     seed: int = 0,
-    backend: str | None = None,
     keep: dict | None = None,
 ) -> Profile:
     """Fingerprint profile of ``model`` (spec, LoadedModel, or HF model with ``tokenizer``).
@@ -506,7 +462,6 @@ def profile(
         raise FuncnetError("n_seeds must be at least 1")
     probes = _check_probes(probes)
     lm = as_loaded(model, tokenizer)
-    backend = backend or _default_backend()
     X, tok_spans, ranges, feat_keys = _record(lm, probes, signals, max_length)
     if keep is not None:  # hand the raw recording to the caller (baselines in the benchmark)
         keep.update(X=X, token_spans=tok_spans, ranges=ranges, features=feat_keys)
@@ -533,7 +488,7 @@ def profile(
                                f"at most {cap} (use fewer networks or more/longer probes)")
     seeds = [seed + 1000 * i for i in range(n_seeds)]
     t1 = time.perf_counter()
-    maps = _ica_maps(Z, k, seeds, backend)
+    maps = _ica_maps(Z, k, seeds)
     t2 = time.perf_counter()
     # standardized activations of all tokens (incl. the excluded ones, with the same mean/sd)
     Xf = np.asarray(X, np.float32)
@@ -577,7 +532,7 @@ def profile(
     }
     params = {"signals": signals, "n_components": k, "n_components_requested": n_components, "n_seeds": n_seeds,
               "threshold": float(threshold), "max_length": int(max_length), "units": units, "seed": int(seed),
-              "backend": backend}
+              "backend": ICA_BACKEND}
     meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "n_tokens": int(n_tok),
             "n_probe_tokens": {str(p): int(b - a) for p, (a, b) in ranges.items()},
             "key_unit_counts": [[int(len(i)) for i in ks] for ks in key_units],
@@ -849,7 +804,7 @@ def compare(
         if kw["n_components"] is not None:
             kw["n_components"] = vp.params["n_components"]
         try:
-            sp = profile(suspect, vp.probes, tokenizer=tokenizer, backend=vp.params.get("backend"), **kw)
+            sp = profile(suspect, vp.probes, tokenizer=tokenizer, **kw)
         except FuncnetError as e:
             raise FuncnetError(f"suspect: {e}") from None
     else:
