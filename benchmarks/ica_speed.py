@@ -152,9 +152,11 @@ def _open_store(args):
 
     store_dir = Path(args.store or tempfile.mkdtemp(prefix="funcnet-ica-bench-"))
     t0 = time.perf_counter()
-    if not (store_dir / "manifest.json").exists():
+    exists = (store_dir / "manifest.json").exists()
+    if not exists or not ActivationStore.open(store_dir).complete:
         lm = funcnet.load_model("smollm2-135m")
-        record(lm, "builtin:prose", out=store_dir, max_tokens=args.max_tokens, max_length=args.window, mode="packed")
+        record(lm, "builtin:prose", out=store_dir, max_tokens=args.max_tokens, max_length=args.window, mode="packed",
+               resume=exists)
         del lm
     import gc
 

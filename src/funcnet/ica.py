@@ -1040,7 +1040,9 @@ class CanICA:
             maps.append(_zscore_rows(res.sources).reshape(-1, Xi.shape[0]))
             n_iter.append(res.n_iter)
             conv.append(res.converged)
-        Z = torch.cat(maps).double()
+            del res, Xi       # [runs, k, neurons] float64: 0.5 GB for 10 runs of 46k neurons
+        Z = (maps[0] if len(maps) == 1 else torch.cat(maps)).double()
+        del maps
         self.n_iter_ = np.concatenate(n_iter)
         self.converged_ = np.concatenate(conv)
         self.seeds_ = np.array(seeds, dtype=np.int64)
