@@ -78,8 +78,8 @@ def parse_method(name: str) -> dict:
     if base == "fn-nocomp":
         base, comp = "fn", "none"
     score, fn_kw = None, {}
-    if base.startswith("fn:"):
-        base, score = "fn", base[3:]
+    if ":" in base:  # fn:SCORE or flap:cond, with ,key=value options
+        base, _, score = base.partition(":")
         score, *opts = score.split(",")
         for o in opts:  # e.g. fn:fn-flap,z_power=2
             k, _, v = o.partition("=")
@@ -447,6 +447,8 @@ def main(argv=None) -> int:
                         imp_cache[key] = P.compute_importance("fn", lm, stats, networks=nets, **fkw)
                     kw["importance"] = imp_cache[key]
             method = "fn-threshold" if s["base"] == "fn-threshold" else s["base"]
+            if s["base"] not in ("fn", "fn-threshold") and s["score"]:
+                kw.update(score=s["score"], **s.get("fn_kw", {}))
             if s["comp"].startswith("ls"):
                 kw["ridge"] = s.get("ridge", args.ridge if args.ridge is not None else P.DEFAULT_RIDGE)
                 if args.ls_regressors:

@@ -273,6 +273,56 @@ def test_ls_reconstruction_formula_and_error():
         P.prune(copy.deepcopy(lm.model), 0.2, tokenizer=CharTok(), method="flap", stats=st, compensation="magic")
 
 
+@pytest.mark.parametrize("heads", [False, True])
+def test_ls_in_chunks_equals_one_pass(heads):
+    """With a covariance budget below one layer, prune calibrates and shrinks layer by layer (last
+    first, each on a model whose earlier layers are still dense): the same model as one pass."""
+    base = tiny("llama", layers=4)
+    kw = dict(tokenizer=CharTok(), method="flap", calib=TEXTS * 3, calib_tokens=200, max_length=32, protect=(1, 0),
+              of="attn+mlp" if heads else "mlp", heads=heads)
+    one = P.prune(copy.deepcopy(base), 0.3, **kw)
+    chunked = P.prune(copy.deepcopy(base), 0.3, max_covariance_bytes=1, **kw)
+    assert sorted(one.stats.neuron_xtx) == [1, 2, 3] and not chunked.stats.neuron_xtx
+    assert one.report["kept_neurons"] == chunked.report["kept_neurons"]
+    assert one.report["compensation"] == chunked.report["compensation"] == "ls"
+    ids = torch.randint(2, V, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(one.model(ids).logits, chunked.model(ids).logits, atol=1e-5, rtol=1e-5)
+    assert one.model.config.intermediate_sizes == chunked.model.config.intermediate_sizes
+
+
+def test_conditional_fluctuation_scores():
+    """flap score 'cond' = ||W_j||^2 Var(x_j | other neurons) (ridge); fn score 'fn-cond' conditions on
+    the neuron's network co-members only; both are at most WIFV; layers without covariance get WIFV."""
+    model = tiny("llama", layers=3)
+    lm = as_loaded(model, CharTok())
+    st = P.calibration_stats(lm, TEXTS * 4, calib_tokens=300, max_length=32, covariance=True,
+                             covariance_layers=[1, 2])
+    nets = _toy_nets(lm)
+    wifv = P.compute_importance("flap", lm, st).neurons
+    full = P.compute_importance("flap", lm, st, score="cond", cond_ridge=0.1).neurons
+    netc = P.compute_importance("fn", lm, st, networks=nets, score="fn-cond", cond_ridge=0.1).neurons
+    np.testing.assert_allclose(full[0], wifv[0])
+    for i in (1, 2):
+        assert (full[i] <= wifv[i] * (1 + 1e-9)).all() and (netc[i] <= wifv[i] * (1 + 1e-9)).all()
+        assert (full[i] <= netc[i] * (1 + 1e-6) + 1e-9).mean() > 0.9  # all neurons explain more than a few
+    C = st.cov(1)
+    W = weight_out_in(lm.adapter.down_proj(lm.layers[1])).detach().double().numpy()
+    strength = P.network_comembers(nets, 1, I)
+    for j in (3, 10):
+        o = [k for k in range(I) if k != j]
+        M = C + 0.1 * np.diag(np.diag(C))
+        cv = M[j, j] - M[j, o] @ np.linalg.solve(M[np.ix_(o, o)], M[o, j]) - 0.1 * C[j, j]
+        assert full[1][j] == pytest.approx(cv * (W[:, j] ** 2).sum(), rel=1e-6)
+        S = [k for k in range(I) if k != j and strength[j, k] > 0]
+        a = C[j, S] @ np.linalg.inv(C[np.ix_(S, S)] + 0.1 * np.diag(np.diag(C[np.ix_(S, S)])))
+        assert netc[1][j] == pytest.approx((C[j, j] - a @ C[S, j]) * (W[:, j] ** 2).sum(), rel=1e-6)
+    half = P.compute_importance("flap", lm, st, score="cond", cond_ridge=0.1, cond_power=0.5).neurons
+    np.testing.assert_allclose(half[1], np.sqrt(wifv[1] * full[1]))
+    with pytest.raises(FuncnetError):
+        P.compute_importance("flap", lm, st, score="nope")
+
+
 def test_prune_ls_calibrates_covariance_for_pruned_layers_only_and_reports():
     model = tiny("qwen2", layers=4)
     res = P.prune(model, 0.2, tokenizer=CharTok(), method="wanda-sp", calib=TEXTS * 3, calib_tokens=200,
@@ -620,15 +670,17 @@ def test_smollm2_flap_and_wanda_sp(tmp_path):
     from funcnet.corpus import load_corpus
 
     lm = funcnet.load_model("smollm2-135m")
-    st = P.calibration_stats(lm, load_corpus("builtin", split="calib"), calib_tokens=4096, batch_size=16)
-    assert st.n_tokens == 4096
+    st = P.calibration_stats(lm, load_corpus("builtin", split="calib"), calib_tokens=4096, batch_size=16,
+                             covariance=True, covariance_layers=range(3, 28))
+    assert st.n_tokens == 4096 and sorted(st.neuron_xtx) == list(range(3, 28))
     ids = lm.tokenizer("Once upon a time, there was a little", return_tensors="pt")["input_ids"]
     dense = copy.deepcopy(lm.model)
     dense_bytes = sum(p.numel() * p.element_size() for p in dense.parameters())
     for method, model in (("flap", lm.model), ("wanda-sp", dense)):
         cur = as_loaded(model, lm.tokenizer)
-        res = P.prune(cur, 0.2, of="mlp", method=method, stats=st)
+        res = P.prune(cur, 0.2, of="mlp", method=method, stats=st, compensation="bias" if method == "wanda-sp" else None)
         r = res.report
+        assert r["compensation"] == ("bias" if method == "wanda-sp" else "ls")
         ppn = cur.adapter.params_per_neuron(cur.layers[5])
         removed = r["params_before"]["mlp"] - r["params_after"]["mlp"]
         assert abs(removed - 0.2 * r["params_before"]["mlp"]) <= ppn

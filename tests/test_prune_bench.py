@@ -73,7 +73,8 @@ def test_fn_flap_needs_model_and_stats_and_unknown_score():
 def test_prune_passes_stats_to_fn_scores():
     lm = as_loaded(tiny(), None)
     nets, st = toy_networks(), stats_for(lm)
-    res = P.prune(lm, 0.25, of="mlp", method="fn", networks=nets, stats=st, score="fn-flap", protect=(1, 0))
+    res = P.prune(lm, 0.25, of="mlp", method="fn", networks=nets, stats=st, score="fn-flap", protect=(1, 0),
+                  compensation="bias")
     expect = pruning_importance(nets, as_loaded(tiny(), None), score="fn-flap", stats=st)
     for l in range(1, L):
         np.testing.assert_allclose(res.importance.neurons[l], expect[l])

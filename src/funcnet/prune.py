@@ -339,13 +339,61 @@ def imp_wanda_sp(lm: LoadedModel, stats: CalibStats | None = None, *, heads: boo
     return Importance(neurons, hs, method="wanda-sp")
 
 
-def imp_flap(lm: LoadedModel, stats: CalibStats | None = None, *, heads: bool = False, **_) -> Importance:
-    """FLAP's fluctuation metric WIFV = Var(x_j) * ||W[:, j]||^2 (heads: mean over channels)."""
+def conditional_fluctuation(lm: LoadedModel, stats: CalibStats, *, ridge: float = 0.1, networks=None,
+                            max_regressors: int = 128, fn_threshold: float = 3.6) -> dict[int, np.ndarray]:
+    """||W[:, j]||^2 * Var(x_j | regressors): the output error of removing neuron j alone when
+    least-squares compensation reconstructs it from the regressors (FLAP's WIFV with the variance
+    the other neurons cannot explain). Regressors: every other neuron of the layer (``networks``
+    None: 1 / (M^-1)_jj with M = C + ridge diag(C)), or neuron j's strongest co-members in its
+    functional networks (as ``ls-fn``). Layers without a covariance get WIFV."""
+    ad = lm.adapter
+    if networks is not None:
+        _, networks = _load_networks(networks, lm)
+    out = {}
+    for i, layer in enumerate(lm.layers):
+        w2 = (_w(ad, layer, ad.down) ** 2).sum(0)
+        if i not in stats.neuron_xtx:
+            out[i] = (torch.as_tensor(stats.var(i)) * w2).numpy()
+            continue
+        C = torch.as_tensor(stats.cov(i), dtype=torch.float64)
+        d = torch.diagonal(C).clamp_min(0)
+        n = C.shape[0]
+        if networks is None:
+            M = C + torch.diag(ridge * d + 1e-12 * max(float(d.mean()), 1e-30))
+            cond = 1.0 / torch.diagonal(torch.cholesky_inverse(torch.linalg.cholesky(M)))
+            cond = (cond - ridge * d).clamp_min(0)  # the residual variance, not counting the ridge on x_j itself
+        else:
+            strength = network_comembers(networks, i, n, threshold=fn_threshold)
+            np.fill_diagonal(strength, 0.0)
+            cond = d.clone()
+            for j in range(n):
+                cand = np.flatnonzero(strength[j] > 0)
+                if not len(cand):
+                    continue
+                if len(cand) > max_regressors:
+                    cand = cand[np.argsort(-strength[j, cand], kind="stable")[:max_regressors]]
+                S = torch.as_tensor(np.sort(cand))
+                a = _ridge_solve(C[S][:, S], C[j, S][None, :], ridge)[0]
+                cond[j] = (C[j, j] - a @ C[S, j]).clamp_min(0)
+        out[i] = (cond * w2).numpy()
+    return out
+
+
+def imp_flap(lm: LoadedModel, stats: CalibStats | None = None, *, heads: bool = False, score: str | None = None,
+             cond_power: float = 1.0, cond_ridge: float = 0.1, **_) -> Importance:
+    """FLAP's fluctuation metric WIFV = Var(x_j) * ||W[:, j]||^2 (heads: mean over channels).
+    ``score="cond"``: WIFV^(1 - cond_power) * conditional WIFV^cond_power (:func:`conditional_fluctuation`,
+    needs covariance statistics), the variant that anticipates least-squares compensation."""
     _need(stats, heads)
     ad = lm.adapter
     neurons, hs = {}, {} if heads else None
+    if score not in (None, "wifv", "cond"):
+        raise FuncnetError(f"unknown flap score '{score}' (wifv, cond)")
+    cond = conditional_fluctuation(lm, stats, ridge=cond_ridge) if score == "cond" else None
     for i, layer in enumerate(lm.layers):
         neurons[i] = stats.var(i) * (_w(ad, layer, ad.down) ** 2).sum(0).numpy()
+        if cond is not None:
+            neurons[i] = neurons[i] ** (1 - cond_power) * cond[i] ** cond_power
         if heads:
             ch = stats.var(i, "heads") * (_w(ad, layer, ad.o_proj) ** 2).sum(0).numpy()
             hs[i] = _group_channel_scores(ch, _head_config(lm, i))
@@ -377,6 +425,15 @@ def _load_networks(networks, lm):
 
 def imp_fn(lm: LoadedModel, stats=None, *, heads: bool = False, networks=None, importance=None, **kw) -> Importance:
     """Functional-network importance from funcnet.networks (or a ready ``importance`` dict)."""
+    if importance is None and kw.get("score") == "fn-cond":
+        # network redundancy: WIFV with only the variance the neuron's network co-members cannot explain
+        _need(stats, False)
+        p = float(kw.get("cond_power", 1.0))
+        cond = conditional_fluctuation(lm, stats, ridge=float(kw.get("cond_ridge", 0.1)), networks=networks,
+                                       max_regressors=int(kw.get("max_regressors", 128)),
+                                       fn_threshold=float(kw.get("threshold", 3.6)))
+        wifv = imp_flap(lm, stats).neurons
+        importance = {i: wifv[i] ** (1 - p) * cond[i] ** p for i in cond}
     if importance is None:
         net, networks = _load_networks(networks, lm)
         fn = getattr(net, "pruning_importance", None)
@@ -657,9 +714,14 @@ def select(
 #: folded into the kept down-projection columns and the bias; ``ls-fn``: the same, but each removed
 #: neuron is reconstructed only from kept neurons that share a functional network with it.
 COMPENSATIONS = ("none", "bias", "ls", "ls-fn")
-DEFAULT_COMPENSATION = "bias"
+#: what :func:`prune` and the CLI use: least-squares compensation had the lowest perplexity with every
+#: ranking method on held-out calibration text (docs/pruning.md)
+DEFAULT_COMPENSATION = "ls"
+#: memory bound of the covariance statistics :func:`prune` computes itself (float64 width^2 per
+#: layer); above it, layers are calibrated and shrunk in chunks, last layers first
+DEFAULT_MAX_COVARIANCE_BYTES = 2 * 2**30
 #: ridge of least-squares compensation, relative to each regressor's variance
-DEFAULT_RIDGE = 1e-2
+DEFAULT_RIDGE = 0.3
 #: ``ls-fn``: at most this many regressors per removed neuron (its strongest network co-members)
 DEFAULT_LS_FN_REGRESSORS = 128
 
@@ -829,6 +891,45 @@ def apply_selection(lm, selection: Selection, stats: CalibStats | None = None, *
     _update_config(lm)
 
 
+def _apply_in_chunks(lm, sel: Selection, calib, comp: str, layers: list[int], max_bytes: int, *, ridge, networks,
+                     max_regressors, calib_tokens, max_length, batch_size, heads) -> None:
+    """Least-squares compensation with a bounded covariance memory: chunks of layers (each at most
+    ``max_bytes`` of float64 covariance, at least one layer), last chunk first; each chunk is
+    calibrated on the model whose earlier layers are still dense, so its statistics are the dense
+    model's, and shrunk before the next."""
+    import dataclasses
+
+    ad = lm.adapter
+    chunks, cur, size = [], [], 0
+    for i in sorted(layers):
+        b = ad.n_neurons(lm.layers[i]) ** 2 * 8
+        if cur and size + b > max_bytes:
+            chunks.append(cur)
+            cur, size = [], 0
+        cur.append(i)
+        size += b
+    if cur:
+        chunks.append(cur)
+    log.info("least-squares compensation in %d chunk(s) of layers", len(chunks))
+    widths = [ad.n_neurons(l) for l in lm.layers]
+    for chunk in reversed(chunks):
+        st = calibration_stats(lm, calib, calib_tokens=calib_tokens, max_length=max_length, batch_size=batch_size,
+                               heads=heads, layers=chunk, covariance=True)
+        sub = dataclasses.replace(
+            sel, keep_neurons={i: (sel.keep_neurons[i] if i in chunk else np.arange(widths[i])) for i in range(len(widths))},
+            keep_heads=({i: (v if i in chunk else None) for i, v in sel.keep_heads.items()} if sel.keep_heads else None))
+        apply_selection(lm, sub, st, compensation=comp, ridge=ridge, networks=networks, max_regressors=max_regressors)
+        del st
+    # heads of layers without pruned neurons
+    rest = [i for i in range(len(widths)) if i not in layers and sel.keep_heads and sel.keep_heads.get(i) is not None]
+    if rest:
+        st = calibration_stats(lm, calib, calib_tokens=calib_tokens, max_length=max_length, batch_size=batch_size,
+                               heads=True, layers=rest)
+        sub = dataclasses.replace(sel, keep_neurons={i: np.arange(ad.n_neurons(l)) for i, l in enumerate(lm.layers)},
+                                  keep_heads={i: (v if i in rest else None) for i, v in sel.keep_heads.items()})
+        apply_selection(lm, sub, st, compensation="bias")
+
+
 def _update_config(lm: LoadedModel) -> None:
     """Record per-layer shapes in the model config (what the saved modeling file rebuilds)."""
     ad, cfg = lm.adapter, lm.model.config
@@ -882,6 +983,7 @@ def prune(
     compensation: str | None = None,
     ridge: float = DEFAULT_RIDGE,
     ls_max_regressors: int = DEFAULT_LS_FN_REGRESSORS,
+    max_covariance_bytes: int = DEFAULT_MAX_COVARIANCE_BYTES,
     **method_kw,
 ) -> PruneResult:
     """Prune ``model`` (a LoadedModel, a spec, or a model with ``tokenizer=``) in place.
@@ -889,16 +991,20 @@ def prune(
     ``importance`` (``{layer: scores}`` or :class:`Importance`) or ``keep_masks`` (``{layer: bool
     array}``) bypass the method's own scoring (how ``fn`` results plug in). ``compensation`` is one
     of :data:`COMPENSATIONS` (default :data:`DEFAULT_COMPENSATION`, or ``none`` when
-    ``bias_compensation=False``); ``ls`` / ``ls-fn`` need statistics with ``covariance=True``
-    (computed here when ``stats`` is not given), ``ls-fn`` also ``networks``."""
+    ``bias_compensation=False``); ``ls`` / ``ls-fn`` need the neurons' covariance: taken from
+    ``stats`` when it has one (``calibration_stats(covariance=True)``), else computed here from
+    ``calib`` within ``max_covariance_bytes`` (in one pass when it fits, else in chunks of layers,
+    each calibrated on the dense model and shrunk before the next, last layers first); ``ls-fn``
+    also needs ``networks``."""
     from . import __version__
 
     lm = as_loaded(model, tokenizer)
     comp = _resolve_compensation(compensation if compensation is not None else
                                  (DEFAULT_COMPENSATION if bias_compensation else "none"), bias_compensation)
     bias_compensation = comp != "none"
-    if comp.startswith("ls") and stats is not None and not stats.has_covariance:
-        raise FuncnetError(f"compensation '{comp}' needs calibration statistics recorded with covariance=True")
+    if comp.startswith("ls") and stats is not None and not stats.has_covariance and calib is None:
+        raise FuncnetError(f"compensation '{comp}' needs calibration statistics recorded with covariance=True "
+                           "(or calib= to compute the covariance here)")
     name = method if isinstance(method, str) else getattr(method, "__name__", "custom")
     if keep_masks is not None:
         name = "fn-threshold"
@@ -922,8 +1028,10 @@ def prune(
         if comp.startswith("ls"):
             prot = set(_parse_protect(protect, lm.n_layers))
             cov_layers = [i for i in range(lm.n_layers) if i not in prot]
+            if sum(lm.adapter.n_neurons(lm.layers[i]) ** 2 * 8 for i in cov_layers) > max_covariance_bytes:
+                cov_layers = None  # too big for one pass: chunks after selection
         stats = calibration_stats(lm, calib, calib_tokens=calib_tokens, max_length=max_length,
-                                  batch_size=batch_size, heads=heads, covariance=comp.startswith("ls"),
+                                  batch_size=batch_size, heads=heads, covariance=cov_layers is not None,
                                   covariance_layers=cov_layers)
     if keep_masks is not None:
         imp = imp_fn_threshold(lm, keep_masks=keep_masks)
@@ -951,8 +1059,14 @@ def prune(
                  bias_compensation=bias_compensation)
     if comp == "ls-fn" and networks is None:
         raise FuncnetError("compensation 'ls-fn' needs functional networks (networks=, --networks)")
-    apply_selection(lm, sel, stats, compensation=comp, ridge=ridge, networks=networks,
-                    max_regressors=ls_max_regressors)
+    pruned_layers = [i for i in range(lm.n_layers) if len(sel.keep_neurons[i]) < lm.adapter.n_neurons(lm.layers[i])]
+    if comp.startswith("ls") and any(i not in stats.neuron_xtx for i in pruned_layers):
+        _apply_in_chunks(lm, sel, calib, comp, pruned_layers, max_covariance_bytes, ridge=ridge, networks=networks,
+                         max_regressors=ls_max_regressors, calib_tokens=calib_tokens, max_length=max_length,
+                         batch_size=batch_size, heads=heads)
+    else:
+        apply_selection(lm, sel, stats, compensation=comp, ridge=ridge, networks=networks,
+                        max_regressors=ls_max_regressors)
     after = param_counts(lm)
     achieved = (before[of] - after[of]) / before[of]
     report = {
@@ -1145,6 +1259,7 @@ def _cmd_prune(args) -> int:
         lm, args.ratio, of=args.of, method=args.method, calib=args.calib, calib_tokens=args.calib_tokens,
         batch_size=args.batch_size, heads=args.heads, bias_compensation=not args.no_bias_compensation,
         compensation="none" if args.no_bias_compensation else args.compensation, ridge=args.ridge,
+        max_covariance_bytes=int(args.max_covariance_gb * 2**30),
         allocation=args.allocation, protect=args.protect, seed=args.seed, networks=args.networks, **kw,
     )
     save_pruned(res.lm, lm.tokenizer, out, res.report, overwrite=args.overwrite)
@@ -1166,6 +1281,8 @@ def register_cli(sub) -> None:
                         "mean), ls (least-squares reconstruction from all kept neurons), ls-fn (from kept "
                         "members of the neuron's functional networks)")
     p.add_argument("--ridge", type=float, default=DEFAULT_RIDGE, help="ridge of ls / ls-fn, relative to variances")
+    p.add_argument("--max-covariance-gb", type=float, default=DEFAULT_MAX_COVARIANCE_BYTES / 2**30,
+                   help="ls / ls-fn: memory for covariance statistics; above it layers are done in chunks")
     p.add_argument("--no-bias-compensation", action="store_true", help="= --compensation none")
     p.add_argument("--allocation", choices=ALLOCATIONS, default=None,
                    help="global ranking (adaptive widths) or uniform per layer (default: the method's own)")
