@@ -125,9 +125,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-gemma", action="store_true")
     ap.add_argument("--no-train", action="store_true", help="use only cached fixtures (never train)")
     ap.add_argument("--cache", default=None, help="folder to cache victim/suspect profiles in (re-runs only compare)")
+    ap.add_argument("--ft-steps", type=int, default=300, help="fine-tuned fixture: smollm2-ft-math-<steps>")
     ap.add_argument("--wait-fixtures", type=float, default=0, help="seconds to wait for fixtures being built elsewhere")
     a = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
     os.environ.setdefault("FUNCNET_NO_PROGRESS", "1")
     rows = []
     t_all = time.time()
@@ -136,12 +137,13 @@ def main(argv=None) -> int:
     if cache:
         cache.mkdir(parents=True, exist_ok=True)
 
-    def run(victim_name, vprof, vkeep, vmodel, name, make, label, note=""):
+    def run(victim_name, vprof, vkeep, vmodel, name, make, label, note="", pair=None):
         """``make``: a LoadedModel or a function returning one (called only when the suspect's
         profile is not cached). With --cache, the suspect profile, its CKA word states, weight cosine
         and profiling time are stored, so a re-run only re-does the comparison."""
         key = f"{victim_name}__{name}".replace("/", "_").replace(" ", "_")
         t0 = time.time()
+        c0 = time.process_time()
         hit = cache is not None and (cache / f"{key}.json").exists()
         try:
             if hit:
@@ -149,35 +151,43 @@ def main(argv=None) -> int:
                 ws = np.load(cache / f"{key}.npy")
                 info = json.loads((cache / f"{key}.json").read_text())
                 wcos, prof_s = info["weight_cos"], info["profile_s"]
+                prof_cpu = info.get("profile_cpu_s")
             else:
                 lm = make() if callable(make) else make
                 keep: dict = {}
                 sp = F.profile(lm, vprof.probes, n_seeds=vprof.n_seeds, keep=keep)
                 prof_s = time.time() - t0
+                prof_cpu = time.process_time() - c0
                 ws = _word_states(keep, sp)
                 wcos = weight_cosine(vmodel, lm.model)
                 del keep, lm
                 if cache is not None:
                     sp.save(cache / f"{key}.fnf")
                     np.save(cache / f"{key}.npy", ws)
-                    (cache / f"{key}.json").write_text(json.dumps({"weight_cos": wcos, "profile_s": prof_s}))
+                    (cache / f"{key}.json").write_text(json.dumps({"weight_cos": wcos, "profile_s": prof_s,
+                                                                   "profile_cpu_s": prof_cpu}))
             t1 = time.time()
+            c1 = time.process_time()
             res = F.compare(vprof, None, suspect_profile=sp, n_null=a.n_null)
         except funcnet.FuncnetError as e:
             print(f"  {name}: error {e}", flush=True)
             return
         secs = prof_s + (time.time() - t1)
+        cmp_cpu = time.process_time() - c1
         cka = linear_cka(_word_states(vkeep, vprof), ws)
         want = "derived" if label else "independent"
         row = {"victim": victim_name, "suspect": name, "label": "positive" if label else "negative",
-               "score": round(res.score, 4), "p_value": res.p_value, "verdict": res.verdict,
+               "pair": pair or f"{victim_name}|{name}",
+               "score": round(res.score, 4), "p_value": res.p_value, "p_chance": res.p_chance, "verdict": res.verdict,
                "correct": res.verdict == want, "null_mean": round(res.null["mean"], 4),
                "null_max": round(res.null["max"], 4), "raw_score": round(res.raw_score, 4), "cka": round(cka, 4),
                "weight_cos": None if wcos is None else round(wcos, 4), "time_s": round(secs, 1),
-               "compare_s": round(time.time() - t1, 1), "note": note}
+               "compare_s": round(time.time() - t1, 1), "compare_cpu_s": round(cmp_cpu, 1),
+               "profile_s": round(prof_s, 1), "profile_cpu_s": None if prof_cpu is None else round(prof_cpu, 1),
+               "note": note}
         rows.append(row)
         print(f"  {victim_name:>8} vs {name:<28} {row['label']:<8} score {res.score:.3f} (raw {res.raw_score:.3f}) "
-              f"p {res.p_value:.4f} {res.verdict:<12} cka {cka:.3f} wcos {row['weight_cos']} {secs:.0f}s", flush=True)
+              f"p {res.p_value:.2g} p_chance {res.p_chance:.4f} {res.verdict:<12} cka {cka:.3f} wcos {row['weight_cos']} {secs:.0f}s", flush=True)
         return res
 
     def victim_profile(name, lm):
@@ -233,14 +243,19 @@ def main(argv=None) -> int:
     try:
         import make_fingerprint_fixtures as fx
 
-        ft = fx.fixture_dir() / "smollm2-ft-math-30"
+        ft = fx.fixture_dir() / f"smollm2-ft-math-{a.ft_steps}"
         _wait(ft / "fixture.json", a.wait_fixtures)
         if not (ft / "config.json").exists() and not a.no_train:
-            ft = fx.finetuned_smollm2(steps=30)
+            ft = fx.finetuned_smollm2(steps=a.ft_steps, batch=2)
         if (ft / "config.json").exists():
             info = json.loads((ft / "fixture.json").read_text())
-            run(V, vprof, vkeep, lm.model, "finetune-math", lambda: funcnet.load_model(str(ft)), 1,
-                f"full AdamW {info['steps']} steps x {info['batch']}x64 tok, lr {info['lr']}")
+            note = (f"AdamW {info['steps']} steps x {info['batch']}x{info.get('seq_len', 64)} tok of math, lr {info['lr']}, "
+                    f"{info.get('trained', 'all parameters')}; held-out math loss {info.get('heldout_loss_before', float('nan')):.2f}"
+                    f" -> {info.get('heldout_loss_after', float('nan')):.2f}, probe loss "
+                    f"{info.get('probe_loss_before', float('nan')):.2f} -> {info.get('probe_loss_after', float('nan')):.2f}")
+            run(V, vprof, vkeep, lm.model, "finetune-math", lambda: funcnet.load_model(str(ft)), 1, note)
+            run(V, vprof, vkeep, lm.model, "finetune-math+perm", lambda: _clone(funcnet.load_model(str(ft)), lambda m: (
+                F.permute_neurons(m, 5), F.permute_heads(m, 5)), "ft-perm"), 1, note + "; then neurons+heads permuted")
         else:
             print("  fine-tuned model unavailable (run scripts/make_fingerprint_fixtures.py)", flush=True)
     except Exception as e:
@@ -270,39 +285,69 @@ def main(argv=None) -> int:
         run(TV, tprof, tk, t0_.model, "prune-mlp-20%", lambda: _prune(t0_, 0.2, "t-p20")[0], 1,
             "funcnet.prune flap + bias compensation")
         run(TV, tprof, tk, t0_.model, f"independent {tiny_dirs[1].name}",
-            lambda: funcnet.load_model(str(tiny_dirs[1])), 0)
+            lambda: funcnet.load_model(str(tiny_dirs[1])), 0, pair="tiny-s0|tiny-s1")
         run(TV, tprof, tk, t0_.model, "random-init tiny arch",
             lambda: random_init(t0_.model.config, 7, t0_.tokenizer, t0_.adapter), 0)
         # and the other way round: tiny-s1 as victim
         t1_ = funcnet.load_model(str(tiny_dirs[1]))
         t1prof, t1k, _ = victim_profile("tiny-s1", t1_)
         run("tiny-s1", t1prof, t1k, t1_.model, f"independent {tiny_dirs[0].name}",
-            lambda: funcnet.load_model(str(tiny_dirs[0])), 0)
+            lambda: funcnet.load_model(str(tiny_dirs[0])), 0, pair="tiny-s0|tiny-s1")
 
+    # Independence p-values without the pair itself: each negative is tested against the *other*
+    # distinct negative pairs (leave-one-pair-out), so no negative's p-value is in-sample; positives
+    # against all of them. The same negatives are what F.REFERENCE_INDEPENDENT ships.
+    ref = {}
+    for r in rows:
+        if r["label"] == "negative":
+            ref.setdefault(r["pair"], r["score"])
+    for r in rows:
+        others = [v for k, v in ref.items() if k != r["pair"]]
+        if len(others) >= 3:
+            p, _ = F.reference_p(r["score"], others)
+            r["p_loo"] = p
+            derived = p < F.ALPHA and r["p_chance"] < F.ALPHA and r["score"] >= F.T_HIGH
+            indep = r["score"] < F.T_LOW or p >= F.ALPHA or r["p_chance"] >= F.ALPHA
+            r["verdict_loo"] = "derived" if derived else "independent" if indep else "inconclusive"
+            r["correct_loo"] = r["verdict_loo"] == ("derived" if r["label"] == "positive" else "independent")
+    shipped = sorted(round(x[2], 3) for x in F.REFERENCE_INDEPENDENT)
+    measured = sorted(round(v, 3) for v in ref.values())
+    if shipped != measured:
+        print(f"NOTE: F.REFERENCE_INDEPENDENT {shipped} differs from this run's negatives {measured}", flush=True)
     pos = [r for r in rows if r["label"] == "positive"]
-    neg = [r for r in rows if r["label"] == "negative"]
+    # one row per distinct negative pair (the tiny pair both ways round is one pair: the score is
+    # symmetric, so its mirror is not independent evidence)
+    neg = list({r["pair"]: r for r in rows if r["label"] == "negative"}.values())
     summary = {
         "fnf": metrics([r["score"] for r in pos], [r["score"] for r in neg]),
         "cka": metrics([r["cka"] for r in pos], [r["cka"] for r in neg]),
         "weight_cos": metrics([r["weight_cos"] for r in pos], [r["weight_cos"] for r in neg]),
         "verdicts_correct": f"{sum(r['correct'] for r in rows)}/{len(rows)}",
+        "verdicts_correct_loo": f"{sum(r.get('correct_loo', False) for r in rows)}/{len(rows)}",
+        "reference_negatives": measured,
         "victim_profile_s": round(victim_s, 1),
         "median_compare_s": float(np.median([r["time_s"] for r in rows])) if rows else None,
         "thresholds": {"t_high": F.T_HIGH, "t_low": F.T_LOW, "alpha": F.ALPHA},
         "n_probes": len(vprof.probes), "n_seeds": vprof.n_seeds, "n_null": a.n_null,
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, {platform.python_version()}",
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, {platform.python_version()}, "
+                   f"{torch.get_num_threads()} torch thread(s), load average at the end {os.getloadavg()[0]:.1f}",
         "date": time.strftime("%Y-%m-%d %H:%M"), "total_s": round(time.time() - t_all, 1),
     }
     print(json.dumps(summary, indent=2))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
-    print("| victim | suspect | truth | FNF score | p | verdict | CKA | weight cos | time s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| victim | suspect | truth | FNF score | score w/o control | p (indep., leave-pair-out) | p_chance | verdict | "
+          "CKA | weight cos | profile s wall / CPU | compare s wall / CPU |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         wc = "n/a" if r["weight_cos"] is None else f"{r['weight_cos']:.3f}"
-        print(f"| {r['victim']} | {r['suspect']} | {r['label']} | {r['score']:.3f} | {r['p_value']:.3g} | "
-              f"{r['verdict']}{'' if r['correct'] else ' (WRONG)'} | {r['cka']:.3f} | {wc} | {r['time_s']:.0f} |")
+        pc = "?" if r["profile_cpu_s"] is None else f"{r['profile_cpu_s']:.0f}"
+        v = r.get("verdict_loo", r["verdict"])
+        ok = r.get("correct_loo", r["correct"])
+        print(f"| {r['victim']} | {r['suspect']} | {r['label']} | {r['score']:.3f} | {r['raw_score']:.3f} | "
+              f"{r.get('p_loo', r['p_value']):.2g} | {r['p_chance']:.3g} | {v}{'' if ok else ' (WRONG)'} | "
+              f"{r['cka']:.3f} | {wc} | {r['profile_s']:.0f} / {pc} | {r['compare_s']:.0f} / {r['compare_cpu_s']:.0f} |")
     return 0
 
 

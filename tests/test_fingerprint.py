@@ -77,6 +77,16 @@ def derived(lm, fn, name):
     return LoadedModel(model=m, tokenizer=lm.tokenizer, adapter=lm.adapter, spec=name)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The models here are tiny: a second torch thread only adds contention on a shared 2-core
+    machine (this file: 45 s wall / 33 s CPU with 2 threads vs 16 s / 9 s with one, load average ~5)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def victim():
     lm = tiny(0)
