@@ -196,6 +196,33 @@ def test_make_figures_uses_given_nets(tmp_path, monkeypatch):
     assert seen == {"nets": nets, "ids": [0, 1, 2, 3, 4], "thr": 3.6}  # the anatomy's networks, run.json's threshold
 
 
+def test_wide_spreads_keep_log_axes_in_range(tmp_path, monkeypatch):
+    """sd >= mean (Gemma-3-270M's 15% random lesion: 643 ± 646) must not push the log axis to 1e-9 nor
+    draw error bars down to 0: lower ends fall back to the smallest observed value."""
+    import funcnet.plots as plots
+
+    figs = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, out_dir, stem: figs.setdefault(stem, fig) and [])
+    wide = [1084.6, 103.9, 286.1, 178.6, 1561.1]
+    les = json.loads((synthetic_results(tmp_path / "r", which=("lesion",)) / "lesion.json").read_text())
+    les["random_fraction"]["result"]["prose"] = _summ([{d: {"ppl": v, "accuracy": 0.2} for d in DOMAINS} for v in wide])["prose"]
+    les["conditions"][0]["random"]["prose"] = _summ([{d: {"ppl": v, "accuracy": 0.2} for d in DOMAINS}
+                                                     for v in (20.0, 21.0, 500.0)])["prose"]
+    pre = json.loads((synthetic_results(tmp_path / "p", which=("preserve",)) / "preserve.json").read_text())
+    pre["rows"][0]["random"]["prose"] = _summ([{d: {"ppl": v, "accuracy": 0.0} for d in DOMAINS}
+                                               for v in (1e7, 2e7, 9e9)])["prose"]
+    plots.plot_lesion(les, tmp_path)
+    plots.plot_preservation(pre, tmp_path)
+    for ax in figs["lesion"].axes:
+        assert ax.get_ylim()[0] > 1.0, ax.get_ylim()  # perplexities are >= 1
+    for stem in ("lesion", "preservation"):
+        segs = [seg for ax in figs[stem].axes for coll in ax.collections if hasattr(coll, "get_segments")
+                for seg in coll.get_segments()]
+        assert segs and all(np.asarray(seg)[:, 1].min() > 1.0 for seg in segs), stem
+    assert plots._log_low(643.0, 646.0, wide) == 103.9 and plots._log_low(10.0, 2.0) == 8.0
+    assert plots._log_low(10.0, 20.0) == 5.0
+
+
 # ---------------------------------------------------------------------------- report
 SECTIONS = ["Model and corpus", "Functional networks", "Recurrence", "Lesion", "Preservation", "Amplification",
             "Top-activating contexts"]

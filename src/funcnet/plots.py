@@ -140,6 +140,26 @@ def _f(x) -> float:
         return float("nan")
 
 
+def _log_low(mean: float, sd: float, values=None) -> float:
+    """Lower end of a mean ± sd spread drawn on a log axis: ``mean - sd`` when positive, else the
+    smallest observed value (or mean / 2 without values), so a wide spread (sd >= mean, as with
+    random 15% lesions on Gemma) neither reaches 0 nor drags the axis down to 1e-9."""
+    lo = mean - sd
+    if np.isfinite(lo) and lo > 0:
+        return float(lo)
+    v = np.array([_f(x) for x in (values or [])], float)
+    v = v[np.isfinite(v) & (v > 0)]
+    return float(min(v.min(), mean)) if len(v) else float(mean / 2)
+
+
+def _log_yerr(means, sds, values_list=None) -> np.ndarray:
+    """Asymmetric ``yerr`` (2 x N) for mean ± sd bars on a log axis (lower ends from :func:`_log_low`)."""
+    means, sds = np.asarray(means, float), np.nan_to_num(np.asarray(sds, float))
+    values_list = values_list or [None] * len(means)
+    low = np.array([m - _log_low(m, s, v) if np.isfinite(m) else 0.0 for m, s, v in zip(means, sds, values_list)])
+    return np.vstack([np.clip(np.nan_to_num(low), 0, None), sds])
+
+
 def _pool(mask: np.ndarray, bins: int) -> np.ndarray:
     """Max-pool a [layers, neurons] boolean mask to ``bins`` columns (so single neurons stay visible)."""
     L, W = mask.shape
@@ -276,7 +296,8 @@ def plot_lesion(les: dict, out_dir: Path) -> list[Path]:
         rnd_m = np.array([_f(c["random"][d]["ppl_mean"]) for c in conds])
         rnd_s = np.array([_f(c["random"][d]["ppl_std"]) for c in conds])
         ax.bar(x - w / 2, les_ppl, w, color="#C0392B", label="network lesioned")
-        ax.bar(x + w / 2, rnd_m, w, yerr=np.nan_to_num(rnd_s), capsize=2, color="#95A5A6", ecolor="#333333",
+        rnd_v = [c["random"][d].get("ppl") for c in conds]
+        ax.bar(x + w / 2, rnd_m, w, yerr=_log_yerr(rnd_m, rnd_s, rnd_v), capsize=2, color="#95A5A6", ecolor="#333333",
                label="random, same size (mean ± sd)")
         base = _f((les.get("baseline") or {}).get(d, {}).get("ppl"))
         if np.isfinite(base):
@@ -286,7 +307,7 @@ def plot_lesion(les: dict, out_dir: Path) -> list[Path]:
             m, s = _f(r["ppl_mean"]), _f(r["ppl_std"])
             ax.axhline(m, color="#8E44AD", lw=1.0, ls=":", label=f"random {100 * _f(rf.get('fraction')):.0f}% of neurons")
             if np.isfinite(s) and s > 0:
-                ax.axhspan(max(m - s, 1e-9), m + s, color="#8E44AD", alpha=0.12, lw=0)
+                ax.axhspan(_log_low(m, s, r.get("ppl")), m + s, color="#8E44AD", alpha=0.12, lw=0)
         ax.set_xticks(x, [c["name"] for c in conds], rotation=45, ha="right")
         ax.set_title(d)
         if k == 0:
@@ -325,7 +346,8 @@ def plot_preservation(pre: dict, out_dir: Path) -> list[Path]:
         rm = np.array([_f(x.get(d, {}).get("ppl_mean")) for x in rr])
         rs = np.array([_f(x.get(d, {}).get("ppl_std")) for x in rr])
         if np.isfinite(rm).any():
-            ax.errorbar(fr, rm, yerr=np.nan_to_num(rs), fmt="--s", color=col, ms=3, capsize=2, alpha=0.75,
+            rv = [x.get(d, {}).get("ppl") for x in rr]
+            ax.errorbar(fr, rm, yerr=_log_yerr(rm, rs, rv), fmt="--s", color=col, ms=3, capsize=2, alpha=0.75,
                         mfc="white", label=f"{d}: random, same fraction")
         base = _f((pre.get("baseline") or {}).get(d, {}).get("ppl"))
         if np.isfinite(base):
