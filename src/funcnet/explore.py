@@ -418,16 +418,24 @@ def _load(args, nets=True):
     return lm, texts, n
 
 
+def _ppl_str(v: float, width: int = 0) -> str:
+    """A perplexity for the terminal: 2 decimals, or 3 significant digits past 1e5 (a destroyed
+    model's 3e12 rather than 3042992632186.10)."""
+    v = float(v)
+    return f"{v:>{width}.2f}" if abs(v) < 1e5 else f"{v:>{width}.3g}"
+
+
 def _print_lesion(res):
     d0 = res["domains"][0]
-    print(f"baseline ppl ({d0}) {res['baseline'][d0]['ppl']:.2f}")
+    print(f"baseline ppl ({d0}) {_ppl_str(res['baseline'][d0]['ppl'])}")
     print(f"{'condition':>10} {'neurons':>8} {'%':>6} {'lesioned ppl':>13} {'random ppl (mean±sd)':>22}")
     for r in res["conditions"]:
         rr = r["random"][d0]
-        print(f"{r['name']:>10} {r['n_neurons']:>8} {100 * r['fraction']:>6.2f} {r['lesioned'][d0]['ppl']:>13.2f} "
-              f"{rr['ppl_mean']:>12.2f} ± {rr['ppl_std']:<7.2f}")
+        print(f"{r['name']:>10} {r['n_neurons']:>8} {100 * r['fraction']:>6.2f} "
+              f"{_ppl_str(r['lesioned'][d0]['ppl'], 13)} {_ppl_str(rr['ppl_mean'], 12)} ± {_ppl_str(rr['ppl_std'])}")
     rf = res["random_fraction"]
-    print(f"random {100 * rf['fraction']:.0f}% of neurons: ppl {rf['result'][d0]['ppl_mean']:.2f} ± {rf['result'][d0]['ppl_std']:.2f}")
+    print(f"random {100 * rf['fraction']:.0f}% of neurons: ppl {_ppl_str(rf['result'][d0]['ppl_mean'])} ± "
+          f"{_ppl_str(rf['result'][d0]['ppl_std'])}")
 
 
 def _cmd_lesion(args):
@@ -454,13 +462,14 @@ def _cmd_preserve(args):
     write_json(Path(args.out) / "preserve.json", res)
     make_figures(args.out)
     d0 = res["domains"][0]
-    print(f"dense ppl ({d0}) {res['baseline'][d0]['ppl']:.2f}")
+    print(f"dense ppl ({d0}) {_ppl_str(res['baseline'][d0]['ppl'])}")
     print(f"{'k':>5} {'kept %':>7} {'ppl kept':>9} {'ppl random':>11}")
     for r in res["rows"]:
         if r["preserved"] is None:
             print(f"{r['k']:>5} {'0':>7} {'-':>9} {'-':>11}")
             continue
-        print(f"{r['k']:>5} {100 * r['fraction']:>7.2f} {r['preserved'][d0]['ppl']:>9.2f} {r['random'][d0]['ppl_mean']:>11.2f}")
+        print(f"{r['k']:>5} {100 * r['fraction']:>7.2f} {_ppl_str(r['preserved'][d0]['ppl'], 9)} "
+              f"{_ppl_str(r['random'][d0]['ppl_mean'], 11)}")
     return 0
 
 
