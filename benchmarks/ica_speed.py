@@ -164,6 +164,37 @@ def _open_store(args):
     return ActivationStore.open(store_dir), time.perf_counter() - t0
 
 
+class _AnonPeak:
+    """Peak anonymous RSS (RssAnon, sampled every 50 ms in a thread): process memory without the
+    memory-mapped store pages, which VmHWM counts although the kernel can drop them at any time."""
+
+    def __enter__(self):
+        import threading
+
+        self.peak, self._stop = 0.0, threading.Event()
+
+        def run():
+            while not self._stop.is_set():
+                self.peak = max(self.peak, self.now())
+                self._stop.wait(0.05)
+
+        self._t = threading.Thread(target=run, daemon=True)
+        self._t.start()
+        return self
+
+    @staticmethod
+    def now() -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.now())
+
+
 def _timed_decompose(args, mode: str) -> int:
     """Time what users run (``funcnet networks``): ``funcnet.networks.decompose(store, mode=...)``
     with documents as subjects streamed from the memory-mapped store; per-layer fits run through
@@ -176,7 +207,8 @@ def _timed_decompose(args, mode: str) -> int:
     store, t_rec = _open_store(args)
     rss0 = _peak_rss_mb()
     c0, t0 = time.process_time(), time.perf_counter()
-    nets = decompose(store, mode=mode, n_components=args.k, n_init=args.n_init, random_state=0)
+    with _AnonPeak() as anon:
+        nets = decompose(store, mode=mode, n_components=args.k, n_init=args.n_init, random_state=0)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     decs = nets.decompositions
     n_stable = [int((d.stability >= args.stable).sum()) for d in decs]
@@ -185,13 +217,15 @@ def _timed_decompose(args, mode: str) -> int:
           f"{decs[0].maps.shape[1]} neurons ({len(store.layers)} layers), k={args.k}, n_init={args.n_init} + ICASSO; "
           f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs")
     print(f"recording/opening the store {t_rec:.1f} s (not counted); decomposition wall {wall:.1f} s, CPU {cpu:.1f} s; "
-          f"peak RSS {_peak_rss_mb():.0f} MB (before: {rss0:.0f} MB); stable maps (>= {args.stable}) per "
+          f"peak RSS {_peak_rss_mb():.0f} MB (before: {rss0:.0f} MB; with the memory-mapped store pages), peak anonymous "
+          f"RSS {anon.peak:.0f} MB; stable maps (>= {args.stable}) per "
           f"decomposition: median {int(np.median(n_stable))}; load average at the end {os.getloadavg()[0]:.1f}")
     if args.out:
         Path(args.out).write_text(json.dumps(dict(mode=mode, tokens=store.n_tokens, documents=n_docs,
                                                   neurons=int(decs[0].maps.shape[1]), decompositions=len(decs),
                                                   k=args.k, n_init=args.n_init, wall_s=wall, cpu_s=cpu,
-                                                  peak_rss_mb=_peak_rss_mb(), rss_before_mb=rss0, n_stable=n_stable,
+                                                  peak_rss_mb=_peak_rss_mb(), rss_before_mb=rss0,
+                                                  peak_anon_rss_mb=anon.peak, n_stable=n_stable,
                                                   load_end=os.getloadavg()[0]), indent=2))
     return 0
 

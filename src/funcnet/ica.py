@@ -341,7 +341,8 @@ def _stats_pass(data: _Data, device) -> _Stats:
         lengths[sid] += nb
         if nb == 0 or width == 0:
             continue
-        t = _to_tensor(b, torch.float64, device)
+        # float32 (or the caller's float64) blocks, float64 accumulators: no float64 copy of the data
+        t = _to_tensor(b, torch.float64 if f64 else torch.float32, device)
         fin = torch.isfinite(t)
         if not bool(fin.all()):
             bad = ~fin
@@ -352,8 +353,10 @@ def _stats_pass(data: _Data, device) -> _Stats:
                 r, c = (int(v) for v in bad.nonzero()[0])
                 first_bad = (off + r, c)
             continue
-        mb = t.mean(dim=0)
-        m2b = ((t - mb) ** 2).sum(dim=0)
+        mb = t.sum(dim=0, dtype=torch.float64) / nb
+        d = t - mb.to(t.dtype)
+        m2b = (d * d).sum(dim=0, dtype=torch.float64)
+        del d
         if mean is None:
             mean, m2 = mb, m2b
         else:
