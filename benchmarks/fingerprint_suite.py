@@ -49,7 +49,10 @@ def _prune(lm: LoadedModel, ratio: float, name: str) -> tuple[LoadedModel, str]:
         from funcnet.prune import prune
 
         kw = {"protect": (1, 1)} if sus.n_layers <= 8 else {}  # tiny models: the default protects every layer
-        prune(sus, ratio, of="mlp", method="flap", calib="builtin", calib_tokens=2048, batch_size=4, **kw)
+        # compensation pinned to FLAP's bias compensation (funcnet.prune's default became
+        # least-squares on 2026-11-28; the suite's pruned suspects stay comparable across runs)
+        prune(sus, ratio, of="mlp", method="flap", calib="builtin", calib_tokens=2048, batch_size=4,
+              compensation="bias", **kw)
         sus.model.eval()
         return sus, "funcnet.prune flap + bias compensation"
     except ImportError as e:  # pragma: no cover - fallback when the pruning module is unavailable

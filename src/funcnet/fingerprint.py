@@ -163,6 +163,13 @@ def unit_spans(text: str, units: str = "words") -> np.ndarray:
     return np.asarray(spans, dtype=np.int64).reshape(-1, 2)
 
 
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b through torch, so the thread count :func:`profile` / :func:`compare` set applies
+    (numpy's own BLAS threads spin on busy cores of a shared machine)."""
+    return (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
+            @ torch.from_numpy(np.ascontiguousarray(b, dtype=np.float64))).numpy()
+
+
 def tokens_to_units(values: np.ndarray, token_spans: np.ndarray, spans: np.ndarray) -> np.ndarray:
     """Aggregate token-level ``values`` [T, K] onto text units: each unit gets the mean of the tokens
     whose character span overlaps it (NaN if no token covers it, e.g. after truncation).
@@ -183,7 +190,7 @@ def tokens_to_units(values: np.ndarray, token_spans: np.ndarray, spans: np.ndarr
     # overlap[u, t] = token t intersects unit u
     overlap = (ts[None, :] < ue[:, None]) & (te[None, :] > us[:, None]) & valid[None, :]
     counts = overlap.sum(1)
-    sums = overlap.astype(np.float64) @ np.nan_to_num(values)
+    sums = _mm(overlap.astype(np.float64), np.nan_to_num(values))
     has = counts > 0
     out[has] = sums[has] / counts[has, None]
     return out
@@ -434,6 +441,22 @@ def _record(lm, probes: list[str], signals: str, max_length: int):
     return X, spans, ranges, [f"{l}:{s}" for l, s in keys]
 
 
+def _threads_for_load() -> int:
+    """torch threads for profiling: the cores the machine's other work leaves free (at least 1).
+    On a shared 2-core machine at load average ~5, two threads made one SmolLM2 profile 4x slower
+    in CPU and 4-7x in wall time than one (OpenMP threads waiting for a busy core: record 56 s vs
+    8 s, ICA 51 s vs 19 s). ``FUNCNET_FINGERPRINT_THREADS`` overrides."""
+    env = os.environ.get("FUNCNET_FINGERPRINT_THREADS")
+    if env:
+        return max(1, int(env))
+    n = torch.get_num_threads()
+    try:
+        busy = int(round(os.getloadavg()[0]))
+    except (OSError, AttributeError):  # no load average on this platform
+        return n
+    return max(1, min(n, (os.cpu_count() or 1) - busy))
+
+
 def _max_components(n_tokens: int, n_features: int) -> int:
     return int(max(0, min(n_tokens // 4, n_features // 2)))
 
@@ -460,7 +483,23 @@ def profile(
     the units with map z > ``threshold`` (sign-aware) as each network's key units, and stores every
     network's time course (signed mean of its key units per token) aggregated onto ``units``.
     ``keep``: a dict that receives the raw recording (``X`` [tokens, units], token spans, ranges).
+    Runs with the torch threads the machine's load leaves free (:func:`_threads_for_load`).
     """
+    saved = torch.get_num_threads()
+    threads = _threads_for_load()
+    torch.set_num_threads(threads)
+    try:
+        prof = _profile(model, probes, tokenizer=tokenizer, signals=signals, n_components=n_components,
+                        n_seeds=n_seeds, threshold=threshold, max_length=max_length, units=units, seed=seed,
+                        keep=keep)
+    finally:
+        torch.set_num_threads(saved)
+    prof.meta["torch_threads"] = threads
+    return prof
+
+
+def _profile(model, probes, *, tokenizer, signals, n_components, n_seeds, threshold, max_length, units, seed,
+             keep) -> Profile:
     from .models import as_loaded
 
     t0 = time.perf_counter()
@@ -585,7 +624,7 @@ def _corr_matrix(V: list[np.ndarray], S: list[np.ndarray], *, min_units: int = 5
         ok = np.isfinite(v).all(0) & np.isfinite(s).all(0)
         if ok.sum() < min_units:
             continue
-        r = _rank_rows(v[:, ok]) @ _rank_rows(s[:, ok]).T
+        r = _mm(_rank_rows(v[:, ok]), _rank_rows(s[:, ok]).T)
         acc = r if acc is None else acc + r
         cnt += 1
     if cnt == 0:
@@ -820,6 +859,17 @@ def compare(
     else:
         sp = suspect_profile
     t1 = time.perf_counter()
+    saved = torch.get_num_threads()
+    torch.set_num_threads(_threads_for_load())
+    try:
+        return _compare_profiles(vp, sp, n_null=n_null, top=top, alpha=alpha, t_high=t_high, t_low=t_low,
+                                 seed=seed, control=control, reference=reference, t0=t0, t1=t1)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _compare_profiles(vp: Profile, sp: Profile, *, n_null, top, alpha, t_high, t_low, seed, control, reference,
+                      t0, t1) -> FingerprintResult:
     if control not in CONTROLS:
         raise FuncnetError(f"unknown control {control!r}; choose {' or '.join(CONTROLS)}")
     if len(sp.unit_spans) != len(vp.unit_spans) or sp.probes != vp.probes:
@@ -860,7 +910,7 @@ def compare(
             for p_ in range(n_probes):
                 if Vr[p_] is None:
                     continue
-                acc = acc + Vr[p_] @ _rank_rows(Sp[:, off[p_]:off[p_ + 1]][:, common[p_]]).T
+                acc = acc + _mm(Vr[p_], _rank_rows(Sp[:, off[p_]:off[p_ + 1]][:, common[p_]]).T)
                 cnt += 1
             if cnt == 0:
                 continue
@@ -885,7 +935,7 @@ def compare(
                     src = S_own[perm[p_]]
                     if Vr_own[p_] is None or src.shape[1] < 2:
                         continue
-                    acc = acc + Vr_own[p_] @ _rank_rows(_resample(src, Vr_own[p_].shape[1])).T
+                    acc = acc + _mm(Vr_own[p_], _rank_rows(_resample(src, Vr_own[p_].shape[1])).T)
                     cnt += 1
                 kind = "probe-shuffle"
             else:
@@ -895,7 +945,7 @@ def compare(
                     x = S[p_][:, common[p_]]
                     n = x.shape[1]
                     shift = int(rng.integers(max(1, n // 10), max(2, n - n // 10)))
-                    acc = acc + Vr_com[p_] @ _rank_rows(np.roll(x, shift, axis=1)).T
+                    acc = acc + _mm(Vr_com[p_], _rank_rows(np.roll(x, shift, axis=1)).T)
                     cnt += 1
                 kind = "circular-shift"
             if cnt == 0:
