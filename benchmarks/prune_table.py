@@ -14,8 +14,9 @@ Method names: ``dense``, ``random``, ``magnitude``, ``wanda-sp``, ``flap``, ``fn
 default functional-network importance, bias compensation), ``fn-nocomp`` (the same without
 compensation), ``fn-threshold`` (the reference rule: keep the union of key neurons |z| > T, with T
 found by bisection so the achieved ratio lands on the target), and explicit score variants
-``fn:SCORE`` (e.g. ``fn:max_abs_z``, ``fn:frequency``, ``fn:fn-flap``); a ``+nocomp`` suffix drops
-bias compensation from any method.
+``fn:SCORE`` (e.g. ``fn:max_abs_z``, ``fn:frequency``, ``fn:fn-flap``, ``fn:fn-cond``; ``flap:cond``);
+a ``+nocomp`` suffix drops compensation from any method, ``+ls`` / ``+ls-fn`` picks least-squares
+compensation (``+ls@0.1``: ridge 0.1), ``/uniform`` or ``/global`` another allocation (``fn/uniform+ls``).
 
 ``--eval-split dev`` evaluates on held-out *calibration* documents instead (the last documents of
 each calib domain): what any choice of variant is made on, so that the eval split stays untouched.
@@ -77,6 +78,9 @@ def parse_method(name: str) -> dict:
         ridge = float(r) if r else None
     if base == "fn-nocomp":
         base, comp = "fn", "none"
+    alloc = None
+    if "/" in base:  # e.g. fn/uniform+ls: the method's scores with another allocation
+        base, _, alloc = base.partition("/")
     score, fn_kw = None, {}
     if ":" in base:  # fn:SCORE or flap:cond, with ,key=value options
         base, _, score = base.partition(":")
@@ -87,6 +91,8 @@ def parse_method(name: str) -> dict:
     out = {"name": name, "base": base, "score": score, "comp": comp}
     if ridge is not None:
         out["ridge"] = ridge
+    if alloc:
+        out["allocation"] = alloc
     if fn_kw:
         out["fn_kw"] = fn_kw
     return out
@@ -354,10 +360,18 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small end-to-end check")
     ap.add_argument("--json", default=None, help="output JSON (default benchmarks/results/prune_table-MODEL.json)")
     ap.add_argument("--refresh-networks", action="store_true")
-    ap.add_argument("--report", default=None, metavar="JSON", help="only print the tables of a results file")
+    ap.add_argument("--report", default=None, nargs="+", metavar="JSON",
+                    help="only print the tables of results files (several: rows merged, later files win)")
     args = ap.parse_args(argv)
     if args.report:
-        data = json.loads(Path(args.report).read_text())
+        files = [json.loads(Path(f).read_text()) for f in args.report]
+        data = files[-1]
+        merged = {}
+        for d in files:
+            for r in d["rows"]:
+                merged[(r["method"], r["ratio"])] = r
+        order = list(dict.fromkeys(r["method"] for d in files for r in d["rows"]))
+        data = dict(data, rows=sorted(merged.values(), key=lambda r: (r["ratio"], order.index(r["method"]))))
         if data["rows"]:
             print(main_table(data["rows"], data["args"]["of"]))
             print("\nppl@128, all domains together (x dense; bold: lowest at that ratio)\n")
@@ -447,6 +461,8 @@ def main(argv=None) -> int:
                         imp_cache[key] = P.compute_importance("fn", lm, stats, networks=nets, **fkw)
                     kw["importance"] = imp_cache[key]
             method = "fn-threshold" if s["base"] == "fn-threshold" else s["base"]
+            if s.get("allocation"):
+                kw["allocation"] = s["allocation"]
             if s["base"] not in ("fn", "fn-threshold") and s["score"]:
                 kw.update(score=s["score"], **s.get("fn_kw", {}))
             if s["comp"].startswith("ls"):

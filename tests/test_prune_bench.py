@@ -111,6 +111,8 @@ def test_bench_method_names():
     assert bench.parse_method("flap+ls") == {"name": "flap+ls", "base": "flap", "score": None, "comp": "ls"}
     assert bench.parse_method("fn+ls-fn@0.1")["comp"] == "ls-fn" and bench.parse_method("fn+ls-fn@0.1")["ridge"] == 0.1
     assert bench.parse_method("fn:max_abs_z+ls")["score"] == "max_abs_z"
+    assert bench.parse_method("fn:fn-cond/uniform+ls") == {"name": "fn:fn-cond/uniform+ls", "base": "fn",
+                                                          "score": "fn-cond", "comp": "ls", "allocation": "uniform"}
 
 
 def test_fn_default_score_uses_stats_when_given():
