@@ -60,6 +60,32 @@ def test_amplification_identity_point_is_baseline(setup):
     assert set(res["best"]) == {"a", "b"}
 
 
+def test_amplification_best_compares_with_dense(setup, capsys):
+    """Without the identity factor on the grid, the lowest point may be worse than the unmodified model:
+    "best" records whether it beats dense, and the CLI says "none better than dense" when it does not."""
+    from funcnet.explore import _print_amplify_best
+
+    lm, _, nets, evals, _ = setup
+    res = amplification_experiment(lm, nets, evals, top=1, factors=(0.0, 3.0), threshold=1.0, window=16,
+                                   max_windows=2, progress=False)
+    for d, b in res["best"].items():
+        assert b["baseline_ppl"] == res["baseline"][d]["ppl"]
+        assert b["better_than_dense"] == (b["ppl"] < b["baseline_ppl"])
+        assert b["value"] in (0.0, 3.0)
+    m = lambda p: {"ppl": p, "accuracy": 0.5}  # noqa: E731
+    fake = {"how": "scale", "baseline": {"a": m(10.0), "b": m(10.0)}}
+    fake["best"] = {"a": {"network": 2, "value": 2.0, "ppl": 11.0, "baseline_ppl": 10.0, "better_than_dense": False},
+                    "b": {"network": 2, "value": 0.0, "ppl": 9.5, "baseline_ppl": 10.0, "better_than_dense": True}}
+    _print_amplify_best(fake)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("a: none better than dense") and "best network" not in out[0]
+    assert out[1] == "b: best network 2 at scale 0.0: ppl 9.50 (dense 10.00)"
+    # an older result without the flag: decided from the numbers
+    del fake["best"]["a"]["better_than_dense"]
+    _print_amplify_best(fake)
+    assert "none better than dense" in capsys.readouterr().out.splitlines()[0]
+
+
 def test_anatomy_contexts_point_at_text(setup):
     _, store, nets, _, corpus = setup
     ids = top_networks(nets, 2, threshold=1.0)

@@ -204,7 +204,10 @@ def amplification_experiment(lm, nets: FunctionalNetworks, texts: dict[str, list
     for d in texts:
         cands = [(c["network"], p["value"], p["metrics"][d]["ppl"]) for c in curves for p in c["points"]]
         net, val, ppl = min(cands, key=lambda x: x[2])
-        best[d] = {"network": net, "value": val, "ppl": ppl, "baseline_ppl": base[d]["ppl"]}
+        # the lowest-perplexity setting tried, and whether it beats the unmodified (dense) model: with
+        # the identity (x1 / +0) off the grid the lowest point can still be worse than dense
+        best[d] = {"network": net, "value": val, "ppl": ppl, "baseline_ppl": base[d]["ppl"],
+                   "better_than_dense": bool(ppl < base[d]["ppl"])}
     return {"experiment": "amplify", "how": how, "baseline": base, "curves": curves, "best": best,
             "domains": list(texts), "params": {"threshold": threshold, "window": window, "max_windows": max_windows}}
 
@@ -483,10 +486,21 @@ def _cmd_amplify(args):
                                    threshold=args.threshold, max_windows=args.max_windows)
     write_json(Path(args.out) / "amplify.json", res)
     make_figures(args.out)
-    for d, b in res["best"].items():
-        print(f"{d}: best network {b['network']} at {res['how']} {b['value']}: ppl {b['ppl']:.2f} "
-              f"(baseline {b['baseline_ppl']:.2f})")
+    _print_amplify_best(res)
     return 0
+
+
+def _print_amplify_best(res):
+    """Per domain, the best setting, or "none better than dense" when no setting beats the unmodified
+    model (also when the identity factor is not on the grid and every setting is worse)."""
+    for d, b in res["best"].items():
+        better = b.get("better_than_dense", b["ppl"] < b["baseline_ppl"])
+        if better:
+            print(f"{d}: best network {b['network']} at {res['how']} {b['value']}: ppl {_ppl_str(b['ppl'])} "
+                  f"(dense {_ppl_str(b['baseline_ppl'])})")
+        else:
+            print(f"{d}: none better than dense (ppl {_ppl_str(b['baseline_ppl'])}; closest: network "
+                  f"{b['network']} at {res['how']} {b['value']}: ppl {_ppl_str(b['ppl'])})")
 
 
 def _cmd_recurrence(args):
