@@ -6,10 +6,13 @@ negatives are Gemma-3-270M, a random-init SmolLM2 and small SmolLM2-architecture
 scratch with different seeds on the same text (scripts/make_fingerprint_fixtures.py, cached). A second
 block uses a tiny trained model as victim (its derivatives vs an independently trained twin).
 
-Per pair: FNF score, p-value, verdict, time; REEF-style baseline (linear CKA of the middle layer's
+Per pair: FNF score, independence p-value (each negative against the *other* negative pairs:
+leave-pair-out), chance p-value, verdict, wall and CPU time; REEF-style baseline (linear CKA of the middle layer's
 hidden states, mean-pooled per word of the same probes, so different tokenizers and widths work) and
 weight-cosine baseline (mean cosine of flattened same-shape weight matrices; n/a across shapes).
-Overall: AUC, TPR at 1% FPR, |Z| of the weakest positive against the negatives, for each method.
+Overall: AUC, TPR at 1% FPR, |Z| of the weakest positive against the distinct negative pairs, for
+each method. The suite's distinct negative scores are what F.REFERENCE_INDEPENDENT ships; a NOTE is
+printed when they differ.
 
     python benchmarks/fingerprint_suite.py [--quick] [--out results/fingerprint_suite.json]
 """

@@ -5,15 +5,19 @@ functional networks with spatial ICA (several seeds), and keeps each network's *
 every probe, aggregated onto words of the text (so models with different tokenizers can be compared).
 ``compare(profile, suspect)`` builds the suspect's own networks on the same texts, correlates every
 victim network with every suspect network (Spearman, averaged over probes), matches them one to one
-(Hungarian, sign-free), and turns the matched correlations into a score, a p-value and a verdict:
+(Hungarian, sign-free), and turns the matched correlations into a score (median matched |rho| of
+the top k), p-values and a verdict:
 ``derived``, ``independent`` or ``inconclusive``. See docs/fingerprint.md.
 
 Token-identity control (default ``control="word-identity"``): before correlating, each word-level
 time course loses the part explained by *which word* is present and *where* in the probe it is
 (additive word-type + position-bin means); any two models run on the same text share that part
-(two barely trained independent models scored 0.72 without it). The null distribution, which needs
-no other model, exchanges the suspect's values among occurrences of the same word, so it keeps
-everything token identity can explain.
+(two barely trained independent models scored 0.72 without it).
+
+Two p-values: ``p_value`` (the verdict's) compares the score with the scores of independent model
+pairs shipped in :data:`REFERENCE_INDEPENDENT` (Student-t prediction test, :func:`reference_p`);
+``p_chance`` comes from a permutation null that exchanges the suspect's values among occurrences of
+the same word (it keeps everything token identity can explain, and every trained model beats it).
 
 A profile is one small self-describing file (safetensors tensors + JSON metadata)::
 
