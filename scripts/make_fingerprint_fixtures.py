@@ -5,13 +5,16 @@ few lines of weight surgery:
   SmolLM2 tokenizer) trained from scratch with different random seeds on the same text (the
   built-in calibration corpus) -- the hardest negatives: same architecture, same data, same
   tokenizer, independent training.
-* ``smollm2-ft``: SmolLM2-135M fine-tuned (full AdamW) on different text (the built-in *math*
-  calibration documents), a positive.
+* ``smollm2-ft-math-300``: SmolLM2-135M fine-tuned (AdamW, 300 steps of 2 x 64 tokens, lr 1e-4,
+  every block trained, the tied embedding frozen) on different text (the built-in *math*
+  calibration documents), a positive; ``fixture.json`` records held-out and probe losses before
+  and after (2.34 -> 0.82 on held-out math; ~12 min with one thread on a shared 2-core machine).
 
 Everything lands under ``$FUNCNET_CACHE/fingerprint/`` and is reused when present.
 
-    python scripts/make_fingerprint_fixtures.py            # all
-    python scripts/make_fingerprint_fixtures.py --tiny 3   # only three tiny models
+    python scripts/make_fingerprint_fixtures.py                   # what the suite uses
+    python scripts/make_fingerprint_fixtures.py --time-steps 5    # time 5 fine-tuning steps, save nothing
+    OMP_NUM_THREADS=1 nice -n 5 python scripts/make_fingerprint_fixtures.py --tiny 0   # only the fine-tune
 """
 from __future__ import annotations
 
@@ -128,7 +131,7 @@ def _probe_loss(model, tokenizer) -> float:
     return float(np.mean(vals))
 
 
-def finetuned_smollm2(*, steps: int = 300, batch: int = 4, seq_len: int = 64, lr: float = 1e-4,
+def finetuned_smollm2(*, steps: int = 300, batch: int = 2, seq_len: int = 64, lr: float = 1e-4,
                       text: str = "builtin:math", freeze_embeddings: bool = True, force: bool = False,
                       time_steps: int = 0) -> Path:
     """SmolLM2-135M fine-tuned (full, AdamW, every parameter) on ``text`` (default: the built-in
@@ -181,10 +184,10 @@ def finetuned_smollm2(*, steps: int = 300, batch: int = 4, seq_len: int = 64, lr
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tiny", type=int, default=3, help="number of independently trained tiny models")
-    ap.add_argument("--tiny-steps", type=int, default=200)
+    ap.add_argument("--tiny", type=int, default=2, help="number of independently trained tiny models")
+    ap.add_argument("--tiny-steps", type=int, default=80, help="training steps (the suite uses tiny-s{0,1}-80)")
     ap.add_argument("--ft-steps", type=int, default=300)
-    ap.add_argument("--ft-batch", type=int, default=4)
+    ap.add_argument("--ft-batch", type=int, default=2)
     ap.add_argument("--ft-seq-len", type=int, default=64)
     ap.add_argument("--ft-lr", type=float, default=1e-4)
     ap.add_argument("--ft-text", default="builtin:math")
