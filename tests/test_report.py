@@ -113,7 +113,8 @@ def synthetic_results(out: Path, which=("run", "networks", "anatomy", "lesion", 
     for d in DOMAINS:
         cands = [(c["network"], p["value"], p["metrics"][d]["ppl"]) for c in curves for p in c["points"]]
         net, val, ppl = min(cands, key=lambda x: x[2])
-        best[d] = {"network": net, "value": val, "ppl": ppl, "baseline_ppl": base[d]["ppl"]}
+        best[d] = {"network": net, "value": val, "ppl": ppl, "baseline_ppl": base[d]["ppl"],
+                   "better_than_dense": bool(ppl < base[d]["ppl"])}
     files["amplify"] = {"experiment": "amplify", "how": "scale", "baseline": base, "curves": curves, "best": best,
                         "domains": DOMAINS, "params": {"threshold": thr, "window": 128, "max_windows": 4}}
     templates, individuals = [], []

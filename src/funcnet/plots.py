@@ -357,10 +357,16 @@ def plot_preservation(pre: dict, out_dir: Path) -> list[Path]:
                 ax.annotate(f"k={r['k']}", (xv, yv), xytext=(4, 4), textcoords="offset points", fontsize=6.5)
     _logy(ax)
     if len(fr) > 1 and fr.max() / max(fr.min(), 1e-9) > 8:
-        ax.set_xscale("log")
+        from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+        ax.set_xscale("log")   # ticks at the measured fractions only: log-scale minor labels overlap
+        ax.xaxis.set_major_locator(FixedLocator(sorted(set(np.round(fr, 1)))))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("MLP neurons kept (%)")
     ax.set_ylabel("perplexity (log)")
-    ax.set_title("Preservation: keep only the union of the networks' key neurons")
+    ax.set_title("Preservation: keep only the networks' key neurons", fontsize=9)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, borderaxespad=0)
     return _save(fig, out_dir, "preservation")
 

@@ -361,10 +361,12 @@ def _sec_amplification(res: dict, fig: _Figures) -> str:
         ppl, base = b.get("ppl"), b.get("baseline_ppl")
         change = (ppl / base - 1) if _isnum(ppl) and _isnum(base) and base > 0 else None
         identity = _isnum(b.get("value")) and float(b["value"]) == (1.0 if how == "scale" else 0.0)
+        better = b.get("better_than_dense", change is not None and change < 0)
         ch = f"{100 * change:+.1f}%" if change is not None else "–"
-        rows.append([_e(d), f"net {_e(b.get('network', '?'))}", _e(b.get("value", "?")), _n(ppl), _n(base),
-                     "no setting beats the baseline" if identity else ch])
-    best = _table(["domain", "best network", what, "ppl", "baseline ppl", "change"], rows, left=2)
+        if identity or not better:
+            ch = f"no setting beats the baseline (closest: {ch})" if not identity else "no setting beats the baseline"
+        rows.append([_e(d), f"net {_e(b.get('network', '?'))}", _e(b.get("value", "?")), _n(ppl), _n(base), ch])
+    best = _table(["domain", "closest-to-best network", what, "ppl", "baseline ppl", "change"], rows, left=2)
     full_rows = []
     for j, c in enumerate(amp.get("curves") or []):
         for pt in c.get("points") or []:
