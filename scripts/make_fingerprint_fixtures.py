@@ -14,6 +14,7 @@ Everything lands under ``$FUNCNET_CACHE/fingerprint/`` and is reused when presen
 
     python scripts/make_fingerprint_fixtures.py                   # what the suite uses
     python scripts/make_fingerprint_fixtures.py --time-steps 5    # time 5 fine-tuning steps, save nothing
+    python scripts/make_fingerprint_fixtures.py --held-out        # the held-out suspects (tiny-s2-80, smollm2-ft-code-300)
     OMP_NUM_THREADS=1 nice -n 5 python scripts/make_fingerprint_fixtures.py --tiny 0   # only the fine-tune
 """
 from __future__ import annotations
@@ -28,6 +29,11 @@ import torch
 
 TINY = dict(num_hidden_layers=4, hidden_size=128, intermediate_size=384, num_attention_heads=4,
             num_key_value_heads=2, head_dim=32, max_position_embeddings=2048, tie_word_embeddings=True)
+
+#: Held-out fixtures (scripts/make_fingerprint_fixtures.py --held-out; benchmarks/fingerprint_suite.py
+#: --held-out): built after the method was frozen, never used to choose anything.
+HELD_OUT_TINY_SEEDS = (2,)
+HELD_OUT_FT_TEXT = "builtin:code"
 
 
 def fixture_dir() -> Path:
@@ -186,6 +192,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", type=int, default=2, help="number of independently trained tiny models")
     ap.add_argument("--tiny-steps", type=int, default=80, help="training steps (the suite uses tiny-s{0,1}-80)")
+    ap.add_argument("--tiny-seeds", type=int, nargs="+", default=None,
+                    help="train exactly these tiny seeds instead of range(--tiny) (held-out negative: --tiny-seeds 2)")
     ap.add_argument("--ft-steps", type=int, default=300)
     ap.add_argument("--ft-batch", type=int, default=2)
     ap.add_argument("--ft-seq-len", type=int, default=64)
@@ -196,7 +204,13 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: $OMP_NUM_THREADS or 2)")
     ap.add_argument("--no-finetune", action="store_true")
     ap.add_argument("--force", action="store_true")
+    ap.add_argument("--held-out", action="store_true",
+                    help="build the held-out suspects of `fingerprint_suite.py --held-out` (never used to choose the "
+                         "score, thresholds or F.REFERENCE_INDEPENDENT): tiny-s2-80 and smollm2-ft-code-300 "
+                         "(same recipes as tiny-s{0,1}-80 and smollm2-ft-math-300, other seed / other text)")
     a = ap.parse_args(argv)
+    if a.held_out:
+        a.tiny_seeds, a.ft_text = list(HELD_OUT_TINY_SEEDS), HELD_OUT_FT_TEXT
     import os
 
     torch.set_num_threads(a.threads or int(os.environ.get("OMP_NUM_THREADS", 2)))
@@ -204,7 +218,7 @@ def main(argv=None) -> int:
         finetuned_smollm2(steps=a.ft_steps, batch=a.ft_batch, seq_len=a.ft_seq_len, lr=a.ft_lr, text=a.ft_text,
                           freeze_embeddings=not a.ft_train_embeddings, time_steps=a.time_steps)
         return 0
-    for s in range(a.tiny):
+    for s in (a.tiny_seeds if a.tiny_seeds is not None else range(a.tiny)):
         print(tiny_model(s, steps=a.tiny_steps, force=a.force))
     if not a.no_finetune:
         print(finetuned_smollm2(steps=a.ft_steps, batch=a.ft_batch, seq_len=a.ft_seq_len, lr=a.ft_lr,
