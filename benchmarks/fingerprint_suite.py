@@ -15,6 +15,14 @@ each method. The suite's distinct negative scores are what F.REFERENCE_INDEPENDE
 printed when they differ.
 
     python benchmarks/fingerprint_suite.py [--quick] [--out results/fingerprint_suite.json]
+
+``--held-out``: the out-of-sample check. The frozen method (score, thresholds, alpha,
+F.REFERENCE_INDEPENDENT untouched; the verdict is compare()'s own) against suspects built after it
+was frozen and never used to choose anything (fixtures: ``make_fingerprint_fixtures.py --held-out``):
+other seeds, another pruning ratio and compensation, a fine-tune on code instead of math. |Z| =
+(weakest held-out positive - mean of all distinct negatives, shipped + held-out) / their sd.
+
+    python benchmarks/fingerprint_suite.py --held-out --cache DIR [--out results/fingerprint_heldout.json]
 """
 from __future__ import annotations
 
@@ -44,8 +52,9 @@ def _clone(lm: LoadedModel, fn, name: str) -> LoadedModel:
     return LoadedModel(model=m.eval(), tokenizer=lm.tokenizer, adapter=lm.adapter, spec=name)
 
 
-def _prune(lm: LoadedModel, ratio: float, name: str) -> tuple[LoadedModel, str]:
-    """Structured MLP pruning with funcnet.prune (FLAP + bias compensation); emulation otherwise."""
+def _prune(lm: LoadedModel, ratio: float, name: str, compensation: str | None = "bias") -> tuple[LoadedModel, str]:
+    """Structured MLP pruning with funcnet.prune (FLAP + bias compensation; ``compensation=None``:
+    funcnet.prune's default); emulation otherwise."""
     m = copy.deepcopy(lm.model)
     sus = LoadedModel(model=m, tokenizer=lm.tokenizer, adapter=lm.adapter, spec=name)
     try:
@@ -54,10 +63,11 @@ def _prune(lm: LoadedModel, ratio: float, name: str) -> tuple[LoadedModel, str]:
         kw = {"protect": (1, 1)} if sus.n_layers <= 8 else {}  # tiny models: the default protects every layer
         # compensation pinned to FLAP's bias compensation (funcnet.prune's default became
         # least-squares on 2026-11-28; the suite's pruned suspects stay comparable across runs)
-        prune(sus, ratio, of="mlp", method="flap", calib="builtin", calib_tokens=2048, batch_size=4,
-              compensation="bias", **kw)
+        if compensation is not None:
+            kw["compensation"] = compensation
+        prune(sus, ratio, of="mlp", method="flap", calib="builtin", calib_tokens=2048, batch_size=4, **kw)
         sus.model.eval()
-        return sus, "funcnet.prune flap + bias compensation"
+        return sus, f"funcnet.prune flap + {compensation or 'default'} compensation"
     except ImportError as e:  # pragma: no cover - fallback when the pruning module is unavailable
         print(f"  funcnet.prune unavailable ({e}); emulating", flush=True)
         F.prune_lowest_norm(m, ratio)
@@ -115,6 +125,115 @@ def metrics(pos: list[float], neg: list[float]) -> dict:
     return {"auc": auc, "tpr_at_1fpr": tpr, "z_weakest": z, "n_pos": int(len(pos)), "n_neg": int(len(neg))}
 
 
+# ----------------------------------------------------------------------------- held-out check
+def held_out(a, run, victim_profile, lm, vprof, vkeep, V, random_init, rows, t_all) -> int:
+    """Out-of-sample check: the frozen method against suspects never used to choose anything.
+    Each pair's p-value and verdict are compare()'s own (against all 6 pairs of
+    F.REFERENCE_INDEPENDENT, none of which is a held-out pair)."""
+    import make_fingerprint_fixtures as fx
+
+    ft = fx.fixture_dir() / f"smollm2-ft-{fx.HELD_OUT_FT_TEXT.split(':')[-1]}-{a.ft_steps}"
+    tiny = {s: fx.fixture_dir() / f"tiny-s{s}-80" for s in (0, 1, *fx.HELD_OUT_TINY_SEEDS)}
+    for d in [ft / "fixture.json", *(d / "fixture.json" for d in tiny.values())]:
+        _wait(d, a.wait_fixtures)
+    if not a.no_train:
+        for s, d in tiny.items():
+            if not (d / "config.json").exists():
+                tiny[s] = fx.tiny_model(s, steps=80)
+        if not (ft / "config.json").exists():
+            ft = fx.finetuned_smollm2(steps=a.ft_steps, batch=2, text=fx.HELD_OUT_FT_TEXT)
+    results = {}
+
+    def go(victim_name, vp, vk, vm, name, make, label, note="", pair=None):
+        res = run(victim_name, vp, vk, vm, name, make, label, note, pair)
+        if res is not None:
+            rows[-1]["p_value"] = res.p_value  # against all of F.REFERENCE_INDEPENDENT (frozen)
+            results[name] = res
+
+    # SmolLM2-135M victim: positives
+    go(V, vprof, vkeep, lm.model, "perm+rescale seed 11", lambda: _clone(lm, lambda m: (
+        F.permute_neurons(m, 11), F.permute_heads(m, 11), F.rescale_neurons(m, seed=11)), "perm-rescale-11"), 1,
+        "neurons+heads permuted, neurons rescaled 0.5-2x, seed 11 (the suite: 1 / 0 / 2)")
+    go(V, vprof, vkeep, lm.model, "prune-mlp-30% bias", lambda: _prune(lm, 0.3, "prune30b")[0], 1,
+       "funcnet.prune flap 30% + bias compensation (the suite: 20%, 50%)")
+    go(V, vprof, vkeep, lm.model, "prune-mlp-30% ls (default)", lambda: _prune(lm, 0.3, "prune30ls", None)[0], 1,
+       "funcnet.prune flap 30% + its default compensation (least squares)")
+    if (ft / "config.json").exists():
+        info = json.loads((ft / "fixture.json").read_text())
+        note = (f"AdamW {info['steps']} steps x {info['batch']}x{info.get('seq_len', 64)} tok of {info['text']}, "
+                f"lr {info['lr']}, {info.get('trained')}; held-out loss {info['heldout_loss_before']:.2f} -> "
+                f"{info['heldout_loss_after']:.2f}, probe loss {info['probe_loss_before']:.2f} -> "
+                f"{info['probe_loss_after']:.2f}")
+        go(V, vprof, vkeep, lm.model, f"finetune-code-{info['steps']}", lambda: funcnet.load_model(str(ft)), 1, note)
+    else:
+        print(f"  {ft.name} unavailable (run scripts/make_fingerprint_fixtures.py --held-out)", flush=True)
+    # SmolLM2-135M victim: negatives
+    go(V, vprof, vkeep, lm.model, "random-init smollm2 arch seed 456",
+       lambda: random_init(lm.model.config, 456, lm.tokenizer, lm.adapter), 0, "the suite: seed 123")
+    new_tiny = [s for s in fx.HELD_OUT_TINY_SEEDS if (tiny[s] / "config.json").exists()]
+    for s in new_tiny:
+        go(V, vprof, vkeep, lm.model, f"independent {tiny[s].name}", lambda s=s: funcnet.load_model(str(tiny[s])), 0)
+    # tiny victims (the suite's tiny-s0 / tiny-s1) against the new twin, and tiny-s0's new derivatives
+    if (tiny[0] / "config.json").exists():
+        t0_ = funcnet.load_model(str(tiny[0]))
+        tprof, tk, _ = victim_profile("tiny-s0", t0_)
+        go("tiny-s0", tprof, tk, t0_.model, "prune-mlp-30% bias", lambda: _prune(t0_, 0.3, "t-p30")[0], 1,
+           "funcnet.prune flap 30% + bias compensation, protect=(1, 1)")
+        go("tiny-s0", tprof, tk, t0_.model, "perm+rescale+int8 seed 12", lambda: _clone(t0_, lambda m: (
+            F.permute_neurons(m, 12), F.permute_heads(m, 12), F.rescale_neurons(m, seed=12), F.quantize_int8(m)),
+            "t-combo12"), 1, "the suite: seed 4")
+        go("tiny-s0", tprof, tk, t0_.model, "random-init tiny arch seed 8",
+           lambda: random_init(t0_.model.config, 8, t0_.tokenizer, t0_.adapter), 0, "the suite: seed 7")
+        for s in new_tiny:
+            go("tiny-s0", tprof, tk, t0_.model, f"independent {tiny[s].name}",
+               lambda s=s: funcnet.load_model(str(tiny[s])), 0, pair=f"tiny-s0|tiny-s{s}")
+    if (tiny[1] / "config.json").exists():
+        t1_ = funcnet.load_model(str(tiny[1]))
+        t1prof, t1k, _ = victim_profile("tiny-s1", t1_)
+        for s in new_tiny:
+            go("tiny-s1", t1prof, t1k, t1_.model, f"independent {tiny[s].name}",
+               lambda s=s: funcnet.load_model(str(tiny[s])), 0, pair=f"tiny-s1|tiny-s{s}")
+
+    shipped = [x[2] for x in F.REFERENCE_INDEPENDENT]
+    pos = [r for r in rows if r["label"] == "positive"]
+    neg = list({r["pair"]: r for r in rows if r["label"] == "negative"}.values())
+    all_neg = np.asarray(shipped + [r["score"] for r in neg], float)
+    wrong = [f"{r['victim']} vs {r['suspect']} ({r['verdict']})" for r in rows if not r["correct"]]
+    summary = {
+        "z_weakest_heldout_vs_all_negatives": (float((min(r["score"] for r in pos) - all_neg.mean()) / all_neg.std(ddof=1))
+                                               if pos else None),
+        "weakest_heldout_positive": min(((r["score"], f"{r['victim']} vs {r['suspect']}") for r in pos), default=None),
+        "strongest_heldout_negative": max(((r["score"], f"{r['victim']} vs {r['suspect']}") for r in neg), default=None),
+        "negatives_mean_sd": [float(all_neg.mean()), float(all_neg.std(ddof=1))],
+        "n_negatives": f"{len(shipped)} shipped + {len(neg)} held-out",
+        "heldout_only": metrics([r["score"] for r in pos], [r["score"] for r in neg]),
+        "misclassified": wrong,
+        "verdicts_correct": f"{sum(r['correct'] for r in rows)}/{len(rows)}",
+        "thresholds": {"t_high": F.T_HIGH, "t_low": F.T_LOW, "alpha": F.ALPHA, "reference": sorted(shipped)},
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, {platform.python_version()}, "
+                   f"{torch.get_num_threads()} torch thread(s), load average at the end {os.getloadavg()[0]:.1f}",
+        "date": time.strftime("%Y-%m-%d %H:%M"), "total_s": round(time.time() - t_all, 1),
+    }
+    print(json.dumps(summary, indent=2))
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
+    print("| victim | suspect | truth | FNF score | p (independence) | p_chance | verdict | "
+          "profile s wall / CPU | compare s wall / CPU |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        pc = "?" if r["profile_cpu_s"] is None else f"{r['profile_cpu_s']:.0f}"
+        print(f"| {r['victim']} | {r['suspect']} | {r['label']} | {r['score']:.3f} | {r['p_value']:.2g} | "
+              f"{r['p_chance']:.3g} | {r['verdict']}{'' if r['correct'] else ' (WRONG)'} | "
+              f"{r['profile_s']:.0f} / {pc} | {r['compare_s']:.0f} / {r['compare_cpu_s']:.0f} |")
+    z = summary["z_weakest_heldout_vs_all_negatives"]
+    print(f"held-out: {summary['verdicts_correct']} verdicts correct; |Z| = {abs(z) if z is not None else float('nan'):.2f} "
+          f"(weakest held-out positive {summary['weakest_heldout_positive']}, negatives mean "
+          f"{all_neg.mean():.3f} sd {all_neg.std(ddof=1):.3f}, {summary['n_negatives']}); misclassified: "
+          f"{', '.join(wrong) if wrong else 'none'}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- suite
 def _wait(path: Path, seconds: float) -> None:
     """Wait for a fixture another process (scripts/make_fingerprint_fixtures.py) is still building."""
@@ -133,7 +252,11 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", default=None, help="folder to cache victim/suspect profiles in (re-runs only compare)")
     ap.add_argument("--ft-steps", type=int, default=300, help="fine-tuned fixture: smollm2-ft-math-<steps>")
     ap.add_argument("--wait-fixtures", type=float, default=0, help="seconds to wait for fixtures being built elsewhere")
+    ap.add_argument("--held-out", action="store_true",
+                    help="only the held-out suspects (out-of-sample check of the frozen method)")
     a = ap.parse_args(argv)
+    if a.held_out and a.out == str(ROOT / "results" / "fingerprint_suite.json"):
+        a.out = str(ROOT / "results" / "fingerprint_heldout.json")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
     os.environ.setdefault("FUNCNET_NO_PROGRESS", "1")
     rows = []
@@ -219,6 +342,15 @@ def main(argv=None) -> int:
     vprof, vkeep, victim_s = victim_profile("smollm2", lm)
     print(f"  victim profile {victim_s:.0f}s ({vprof.meta['n_tokens']} tokens)", flush=True)
     V = "smollm2"
+    import transformers as T
+
+    def random_init(cfg, seed, tok, adapter):
+        torch.manual_seed(seed)
+        rnd = T.AutoModelForCausalLM.from_config(cfg).eval()
+        return LoadedModel(model=rnd, tokenizer=tok, adapter=adapter, spec=f"random-{seed}")
+
+    if a.held_out:
+        return held_out(a, run, victim_profile, lm, vprof, vkeep, V, random_init, rows, t_all)
     run(V, vprof, vkeep, lm.model, "perm-neurons+heads", lambda: _clone(lm, lambda m: (F.permute_neurons(m, 1),
                                                                                         F.permute_heads(m, 1)), "perm"), 1)
     run(V, vprof, vkeep, lm.model, "rescale(0.5-2x)", lambda: _clone(lm, F.rescale_neurons, "rescale"), 1)
@@ -234,12 +366,6 @@ def main(argv=None) -> int:
 
     run(V, vprof, vkeep, lm.model, "combo perm+rescale+int8+prune20", combo, 1,
         "permute neurons+heads, rescale, int8, then funcnet.prune flap 20%")
-    import transformers as T
-
-    def random_init(cfg, seed, tok, adapter):
-        torch.manual_seed(seed)
-        rnd = T.AutoModelForCausalLM.from_config(cfg).eval()
-        return LoadedModel(model=rnd, tokenizer=tok, adapter=adapter, spec=f"random-{seed}")
 
     run(V, vprof, vkeep, lm.model, "random-init smollm2 arch",
         lambda: random_init(lm.model.config, 123, lm.tokenizer, lm.adapter), 0)
