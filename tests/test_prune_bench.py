@@ -60,6 +60,10 @@ def test_fn_flap_is_wifv_times_network_score():
     gf = pruning_importance(nets, lm, score="fn-flap-freq", stats=st)
     np.testing.assert_allclose(gf[2], wifv[2] * (1 + freq[2]))
     assert freq[2][2] == 2  # key in one map of each group
+    wanda = P.imp_wanda_sp(lm, st).neurons
+    gw = pruning_importance(nets, lm, score="fn-wanda", stats=st)
+    for l in range(L):
+        np.testing.assert_allclose(gw[l], wanda[l] * mx[l])
 
 
 def test_fn_flap_needs_model_and_stats_and_unknown_score():

@@ -572,8 +572,8 @@ def register_cli(sub) -> None:
 
 # ---------------------------------------------------------------------------- pruning support
 #: functional-network scores of :func:`pruning_importance`; the "fn-flap*" ones also need ``lm`` and ``stats``
-FN_SCORES = ("max_abs_z", "max_pos_z", "frequency", "fn-flap", "fn-flap-freq")
-FN_STATS_SCORES = ("fn-flap", "fn-flap-freq")
+FN_SCORES = ("max_abs_z", "max_pos_z", "frequency", "fn-flap", "fn-flap-freq", "fn-wanda")
+FN_STATS_SCORES = ("fn-flap", "fn-flap-freq", "fn-wanda")
 #: the score of pruning method "fn" when the model and calibration statistics are given (else "max_abs_z");
 #: chosen on held-out calibration text (docs/pruning.md)
 DEFAULT_FN_SCORE = "fn-flap"
@@ -592,7 +592,8 @@ def pruning_importance(networks: FunctionalNetworks, lm=None, *, score: str | No
     scale and outgoing weights, which is what sets the output error of removing it (after bias
     compensation that error is W[:, j] (x_j - mean_j), of expected squared norm FLAP's WIFV =
     Var(x_j) ||W[:, j]||^2). "fn-flap" weights that error by network membership:
-    ``WIFV_j * max|z|_j ** z_power``; "fn-flap-freq": ``WIFV_j * (1 + frequency_j)``. Both need
+    ``WIFV_j * max|z|_j ** z_power``; "fn-flap-freq": ``WIFV_j * (1 + frequency_j)``; "fn-wanda":
+    Wanda-sp's ``mean|W[:, j]| * ||x_j||`` times ``max|z|_j ** z_power``. All three need
     ``lm`` and calibration ``stats`` (:func:`funcnet.prune.calibration_stats`).
 
     ``score=None`` (what ``prune(method="fn")`` uses) is :data:`DEFAULT_FN_SCORE` when ``lm`` and
@@ -611,10 +612,11 @@ def pruning_importance(networks: FunctionalNetworks, lm=None, *, score: str | No
         if lm is None or stats is None:
             raise FuncnetError(f"functional-network score '{score}' needs the model and calibration statistics")
         from .models import as_loaded
-        from .prune import imp_flap
+        from .prune import imp_flap, imp_wanda_sp
 
-        wifv = imp_flap(as_loaded(lm), stats).neurons
-        if score == "fn-flap":
+        base = imp_wanda_sp if score == "fn-wanda" else imp_flap
+        wifv = base(as_loaded(lm), stats).neurons
+        if score in ("fn-flap", "fn-wanda"):
             net = networks.score_per_neuron(min_stability=min_stability)
             net = {l: v.astype(np.float64) ** float(z_power) for l, v in net.items()}
         else:
