@@ -46,6 +46,21 @@ from funcnet import fingerprint as F  # noqa: E402
 from funcnet.models import LoadedModel  # noqa: E402
 
 
+
+def _run_info(t_all: float) -> dict:
+    """Machine, load, date and total time of a suite run (for the results JSON)."""
+    return {"machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, "
+                       f"{platform.python_version()}, {torch.get_num_threads()} torch thread(s), "
+                       f"load average at the end {os.getloadavg()[0]:.1f}",
+            "date": time.strftime("%Y-%m-%d %H:%M"), "total_s": round(time.time() - t_all, 1)}
+
+
+def _write_results(path, rows: list, summary: dict) -> None:
+    print(json.dumps(summary, indent=2))
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
+
 def _clone(lm: LoadedModel, fn, name: str) -> LoadedModel:
     m = copy.deepcopy(lm.model)
     fn(m)
@@ -210,14 +225,9 @@ def held_out(a, run, victim_profile, lm, vprof, vkeep, V, random_init, rows, t_a
         "misclassified": wrong,
         "verdicts_correct": f"{sum(r['correct'] for r in rows)}/{len(rows)}",
         "thresholds": {"t_high": F.T_HIGH, "t_low": F.T_LOW, "alpha": F.ALPHA, "reference": sorted(shipped)},
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, {platform.python_version()}, "
-                   f"{torch.get_num_threads()} torch thread(s), load average at the end {os.getloadavg()[0]:.1f}",
-        "date": time.strftime("%Y-%m-%d %H:%M"), "total_s": round(time.time() - t_all, 1),
+        **_run_info(t_all),
     }
-    print(json.dumps(summary, indent=2))
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
+    _write_results(a.out, rows, summary)
     print("| victim | suspect | truth | FNF score | p (independence) | p_chance | verdict | "
           "profile s wall / CPU | compare s wall / CPU |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -461,14 +471,9 @@ def main(argv=None) -> int:
         "median_compare_s": float(np.median([r["time_s"] for r in rows])) if rows else None,
         "thresholds": {"t_high": F.T_HIGH, "t_low": F.T_LOW, "alpha": F.ALPHA},
         "n_probes": len(vprof.probes), "n_seeds": vprof.n_seeds, "n_null": a.n_null,
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, {platform.python_version()}, "
-                   f"{torch.get_num_threads()} torch thread(s), load average at the end {os.getloadavg()[0]:.1f}",
-        "date": time.strftime("%Y-%m-%d %H:%M"), "total_s": round(time.time() - t_all, 1),
+        **_run_info(t_all),
     }
-    print(json.dumps(summary, indent=2))
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
+    _write_results(a.out, rows, summary)
     print("| victim | suspect | truth | FNF score | score w/o control | p (indep., leave-pair-out) | p_chance | verdict | "
           "CKA | weight cos | profile s wall / CPU | compare s wall / CPU |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

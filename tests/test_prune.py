@@ -44,6 +44,16 @@ FAMILIES = {
 }
 
 
+
+def _logits_with_hooks(model, ids, hooks):
+    """Logits of ``model`` on ``ids`` with ``hooks`` installed; the hooks are removed afterwards."""
+    try:
+        with torch.no_grad():
+            return model(ids).logits
+    finally:
+        for h in hooks:
+            h.remove()
+
 def tiny(family: str, seed: int = 0, layers: int = 2):
     torch.manual_seed(seed)
     cfg = FAMILIES[family](layers)
@@ -111,12 +121,7 @@ def masked_dense_logits(dense, adapter, sel, stats, ids, comp=True):
             if i in comp_attn:
                 c = comp_attn[i].float()
                 hs.append(o.register_forward_hook(lambda m, a, out, c=c: out + c))
-    try:
-        with torch.no_grad():
-            return dense(ids).logits
-    finally:
-        for h in hs:
-            h.remove()
+    return _logits_with_hooks(dense, ids, hs)
 
 
 # ------------------------------------------------------------------------------------------ shrink
@@ -161,12 +166,7 @@ def reconstructed_dense_logits(dense, adapter, recon, keep, ids):
             return (x,)
 
         hs.append(adapter.down_proj(layer).register_forward_pre_hook(pre))
-    try:
-        with torch.no_grad():
-            return dense(ids).logits
-    finally:
-        for h in hs:
-            h.remove()
+    return _logits_with_hooks(dense, ids, hs)
 
 
 def _toy_nets(lm, seed=0, k=6):

@@ -339,6 +339,14 @@ def imp_wanda_sp(lm: LoadedModel, stats: CalibStats | None = None, *, heads: boo
     return Importance(neurons, hs, method="wanda-sp")
 
 
+def _strongest(strength: np.ndarray, most: int) -> np.ndarray:
+    """Indices (sorted) of the positive entries of ``strength``, at most ``most`` of the largest."""
+    cand = np.flatnonzero(strength > 0)
+    if len(cand) > most:
+        cand = cand[np.argsort(-strength[cand], kind="stable")[:most]]
+    return np.sort(cand)
+
+
 def conditional_fluctuation(lm: LoadedModel, stats: CalibStats, *, ridge: float = 0.1, networks=None,
                             max_regressors: int = 128, fn_threshold: float = 3.6) -> dict[int, np.ndarray]:
     """||W[:, j]||^2 * Var(x_j | regressors): the output error of removing neuron j alone when
@@ -367,12 +375,10 @@ def conditional_fluctuation(lm: LoadedModel, stats: CalibStats, *, ridge: float 
             np.fill_diagonal(strength, 0.0)
             cond = d.clone()
             for j in range(n):
-                cand = np.flatnonzero(strength[j] > 0)
+                cand = _strongest(strength[j], max_regressors)
                 if not len(cand):
                     continue
-                if len(cand) > max_regressors:
-                    cand = cand[np.argsort(-strength[j, cand], kind="stable")[:max_regressors]]
-                S = torch.as_tensor(np.sort(cand))
+                S = torch.as_tensor(cand)
                 a = _ridge_solve(C[S][:, S], C[j, S][None, :], ridge)[0]
                 cond[j] = (C[j, j] - a @ C[S, j]).clamp_min(0)
         out[i] = (cond * w2).numpy()
@@ -831,12 +837,10 @@ def reconstruction(lm, selection: Selection, stats: CalibStats, *, mode: str = "
             strength = network_comembers(networks, i, w, threshold=fn_threshold)[np.ix_(rem, keep)]
             A = torch.zeros(len(rem), len(keep), dtype=torch.float64)
             for a, r in enumerate(rem):
-                cand = np.flatnonzero(strength[a] > 0)
+                cand = _strongest(strength[a], max_regressors)
                 if not len(cand):
                     continue
-                if len(cand) > max_regressors:
-                    cand = cand[np.argsort(-strength[a, cand], kind="stable")[:max_regressors]]
-                ct = torch.as_tensor(np.sort(cand))
+                ct = torch.as_tensor(cand)
                 S = kt[ct]
                 A[a, ct] = _ridge_solve(C[S][:, S], C[int(r), S][None, :], ridge)[0]
         out[i] = (A, mean[rt] - A @ mean[kt])
