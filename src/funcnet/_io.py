@@ -130,10 +130,12 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
     def probe():
         try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            ok.append(True)
+            conn = socket.create_connection((host, 443), timeout=timeout)
         except OSError:
-            pass
+            return
+        if conn is not None:      # None only when a test replaced the socket function
+            conn.close()
+            ok.append(True)
 
     t = threading.Thread(target=probe, daemon=True)
     t.start()
