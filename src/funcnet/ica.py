@@ -504,8 +504,10 @@ def _top_right(t: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     R, N = t.shape
     k = min(k, R, N)
     if R <= N:
-        K = (t @ t.T).double()
+        # float32 data: float32 eigh of the token Gram matrix (3x faster; the data carry no more)
+        K = t @ t.T if t.dtype == torch.float32 else (t @ t.T).double()
         ev, U = _eigh(K)
+        ev, U = ev.double(), U.double()
         ev, U = ev.flip(0)[:k], U.flip(1)[:, :k]
         s = torch.sqrt(torch.clamp(ev, min=0))
         inv = torch.where(s > 0, 1.0 / s, torch.zeros_like(s))
