@@ -47,6 +47,15 @@ from funcnet.models import LoadedModel  # noqa: E402
 
 
 
+def _finetune_note(info: dict, text: str) -> str:
+    """One line describing a fine-tuned fixture from its fixture.json (steps, data, losses)."""
+    nan = float("nan")
+    return (f"AdamW {info['steps']} steps x {info['batch']}x{info.get('seq_len', 64)} tok of {text}, lr {info['lr']}, "
+            f"{info.get('trained', 'all parameters')}; held-out {text} loss {info.get('heldout_loss_before', nan):.2f} -> "
+            f"{info.get('heldout_loss_after', nan):.2f}, probe loss {info.get('probe_loss_before', nan):.2f} -> "
+            f"{info.get('probe_loss_after', nan):.2f}")
+
+
 def _run_info(t_all: float) -> dict:
     """Machine, load, date and total time of a suite run (for the results JSON)."""
     return {"machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, "
@@ -175,10 +184,7 @@ def held_out(a, run, victim_profile, lm, vprof, vkeep, V, random_init, rows, t_a
        "funcnet.prune flap 30% + its default compensation (least squares)")
     if (ft / "config.json").exists():
         info = json.loads((ft / "fixture.json").read_text())
-        note = (f"AdamW {info['steps']} steps x {info['batch']}x{info.get('seq_len', 64)} tok of {info['text']}, "
-                f"lr {info['lr']}, {info.get('trained')}; held-out loss {info['heldout_loss_before']:.2f} -> "
-                f"{info['heldout_loss_after']:.2f}, probe loss {info['probe_loss_before']:.2f} -> "
-                f"{info['probe_loss_after']:.2f}")
+        note = _finetune_note(info, info["text"])
         go(V, vprof, vkeep, lm.model, f"finetune-code-{info['steps']}", lambda: funcnet.load_model(str(ft)), 1, note)
     else:
         print(f"  {ft.name} unavailable (run scripts/make_fingerprint_fixtures.py --held-out)", flush=True)
@@ -391,10 +397,7 @@ def main(argv=None) -> int:
             ft = fx.finetuned_smollm2(steps=a.ft_steps, batch=2)
         if (ft / "config.json").exists():
             info = json.loads((ft / "fixture.json").read_text())
-            note = (f"AdamW {info['steps']} steps x {info['batch']}x{info.get('seq_len', 64)} tok of math, lr {info['lr']}, "
-                    f"{info.get('trained', 'all parameters')}; held-out math loss {info.get('heldout_loss_before', float('nan')):.2f}"
-                    f" -> {info.get('heldout_loss_after', float('nan')):.2f}, probe loss "
-                    f"{info.get('probe_loss_before', float('nan')):.2f} -> {info.get('probe_loss_after', float('nan')):.2f}")
+            note = _finetune_note(info, "math")
             run(V, vprof, vkeep, lm.model, "finetune-math", lambda: funcnet.load_model(str(ft)), 1, note)
             run(V, vprof, vkeep, lm.model, "finetune-math+perm", lambda: _clone(funcnet.load_model(str(ft)), lambda m: (
                 F.permute_neurons(m, 5), F.permute_heads(m, 5)), "ft-perm"), 1, note + "; then neurons+heads permuted")

@@ -175,14 +175,18 @@ def test_networks_cli_on_saved_tiny_model(tmp_path, capsys):
 
 def test_store_documents_stream_as_subjects(store):
     """decompose() streams the store's documents (one subject each) instead of loading them:
-    SubjectStream yields exactly the per-document arrays of ArraySource.subjects()."""
+    SubjectStream yields exactly each document's rows of the layers, side by side."""
     from funcnet.store import SubjectStream
 
-    srcs = [store.source(store.layers[:2], "neurons")]
+    layers = store.layers[:2]
+    srcs = [store.source(layers, "neurons")]
     stream = SubjectStream(srcs)
     chunks = list(stream.iter_chunks())
-    subs = srcs[0].subjects()
-    assert len(chunks) == len(subs) > 1
-    for a, b in zip(chunks, subs):
-        np.testing.assert_array_equal(a, b)
+    full = np.concatenate([store.layer_float(l, "neurons") for l in layers], axis=1)
+    rows = store.document_rows()
+    assert len(chunks) == len(rows) > 1
+    for a, r in zip(chunks, rows):
+        np.testing.assert_array_equal(a, full[r])
+    assert sum(len(c) for c in chunks) == store.n_tokens
     assert stream.shape == srcs[0].shape
+    assert all(np.array_equal(a, b) for a, b in zip(srcs[0].subjects(), chunks))

@@ -119,12 +119,8 @@ class ArraySource:
         return SubjectStream([self])
 
     def subjects(self) -> list[np.ndarray]:
-        """One float32 array per document (the 'subjects' of group ICA)."""
-        arrays = [self.store.layer(l, s) for l, s in self.keys]
-        out = []
-        for rows in self.store.document_rows(self.token_index):
-            out.append(np.concatenate([self.store._to_float(a[rows]) for a in arrays], axis=1))
-        return out
+        """One float32 array per document (the 'subjects' of group ICA), all in memory."""
+        return list(self.subject_stream().iter_chunks())
 
 
 class SubjectStream:
