@@ -70,7 +70,8 @@ def _peak_rss_mb() -> float:
 
 
 def run_method(method: str, path: str, k: int, n_init: int, window: int, out: str) -> None:
-    """``window`` = tokens per funcnet subject; 0 = the whole matrix is one subject (as nilearn gets it)."""
+    """``window`` = tokens per funcnet subject; 0 = the whole matrix is one subject (as nilearn gets
+    it); -1 = one subject per document (lengths in ``{path}.docs.npy``, as ``decompose`` does)."""
     warnings.simplefilter("ignore")
     X = np.load(path)
     t0 = time.perf_counter()
@@ -78,7 +79,10 @@ def run_method(method: str, path: str, k: int, n_init: int, window: int, out: st
     if method.startswith("funcnet"):
         from funcnet.ica import CanICA
 
-        subjects = [X[s:s + window] for s in range(0, len(X), window)] if window else X
+        if window < 0:
+            subjects = np.split(X, np.cumsum(np.load(path + ".docs.npy"))[:-1])
+        else:
+            subjects = [X[s:s + window] for s in range(0, len(X), window)] if window else X
         if method == "funcnet_ref":
             est = CanICA(n_components=k, n_init=1, method="reference", random_state=666).fit(X)
         else:
@@ -113,7 +117,11 @@ def run_method(method: str, path: str, k: int, n_init: int, window: int, out: st
         shape = (8, 12, 16)
         assert int(np.prod(shape)) == N, f"nilearn wrapper expects {np.prod(shape)} neurons, got {N}"
         affine = np.eye(4)
-        img = nib.Nifti1Image(X.T.reshape(*shape, T).astype(np.float32), affine)
+        def image(A):
+            return nib.Nifti1Image(A.T.reshape(*shape, len(A)).astype(np.float32), affine)
+
+        # one 4D image per subject (document) when funcnet gets documents, else the whole matrix
+        img = [image(A) for A in np.split(X, np.cumsum(np.load(path + ".docs.npy"))[:-1])] if window < 0 else image(X)
         mask = nib.Nifti1Image(np.ones(shape, dtype=np.int8), affine)
         nc = NiCanICA(n_components=k, n_init=n_init, mask=mask, smoothing_fwhm=None, detrend=False,
                       standardize="zscore_sample", random_state=0, threshold=None, verbose=0)
@@ -131,16 +139,20 @@ def run_method(method: str, path: str, k: int, n_init: int, window: int, out: st
 def compare(ref: dict, other: dict, stable: float) -> tuple[float, float, int]:
     from funcnet.ica import subspace_overlap
 
-    maps = other["maps"]
-    ov = subspace_overlap(ref["subspace"], maps.T)
-    keep = ref["stability"] >= stable
+    ov = subspace_overlap(ref["subspace"], other["maps"].T)
+    return (ov, *stable_agreement(ref["maps"], ref["stability"], other["maps"], stable))
+
+
+def stable_agreement(maps: np.ndarray, stability: np.ndarray, other: np.ndarray, stable: float) -> tuple[float, int]:
+    """Mean over ``maps`` with stability >= ``stable`` of the best |r| with any map of ``other``."""
+    keep = stability >= stable
     if not keep.any():
-        return ov, float("nan"), 0
-    A = ref["maps"][keep]
+        return float("nan"), 0
+    A = maps[keep]
     A = (A - A.mean(1, keepdims=True)) / A.std(1, keepdims=True)
-    B = (maps - maps.mean(1, keepdims=True)) / np.maximum(maps.std(1, keepdims=True), 1e-300)
+    B = (other - other.mean(1, keepdims=True)) / np.maximum(other.std(1, keepdims=True), 1e-300)
     r = np.abs(A @ B.T) / A.shape[1]
-    return ov, float(r.max(axis=1).mean()), int(keep.sum())
+    return float(r.max(axis=1).mean()), int(keep.sum())
 
 
 def _open_store(args):
@@ -208,13 +220,13 @@ def _timed_decompose(args, mode: str) -> int:
     rss0 = _peak_rss_mb()
     c0, t0 = time.process_time(), time.perf_counter()
     with _AnonPeak() as anon:
-        nets = decompose(store, mode=mode, n_components=args.k, n_init=args.n_init, random_state=0)
+        nets = decompose(store, mode=mode, n_components=args.k, n_init=args.n_init, random_state=0, tol=args.tol)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     decs = nets.decompositions
     n_stable = [int((d.stability >= args.stable).sum()) for d in decs]
     n_docs = len(np.unique(store.tokens["doc_ids"]))
     print(f"\n{mode} mode: {len(decs)} decomposition(s) of {store.n_tokens} tokens ({n_docs} documents = subjects) x "
-          f"{decs[0].maps.shape[1]} neurons ({len(store.layers)} layers), k={args.k}, n_init={args.n_init} + ICASSO; "
+          f"{decs[0].maps.shape[1]} neurons ({len(store.layers)} layers), k={args.k}, n_init={args.n_init} + ICASSO, tol={args.tol}; "
           f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs")
     print(f"recording/opening the store {t_rec:.1f} s (not counted); decomposition wall {wall:.1f} s, CPU {cpu:.1f} s; "
           f"peak RSS {_peak_rss_mb():.0f} MB (before: {rss0:.0f} MB; with the memory-mapped store pages), peak anonymous "
@@ -223,11 +235,32 @@ def _timed_decompose(args, mode: str) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(dict(mode=mode, tokens=store.n_tokens, documents=n_docs,
                                                   neurons=int(decs[0].maps.shape[1]), decompositions=len(decs),
-                                                  k=args.k, n_init=args.n_init, wall_s=wall, cpu_s=cpu,
+                                                  k=args.k, n_init=args.n_init, tol=args.tol, wall_s=wall, cpu_s=cpu,
                                                   peak_rss_mb=_peak_rss_mb(), rss_before_mb=rss0,
                                                   peak_anon_rss_mb=anon.peak, n_stable=n_stable,
                                                   load_end=os.getloadavg()[0]), indent=2))
+    if args.compare_tol:
+        _compare_tol(args, store, mode, nets, wall)
     return 0
+
+
+def _compare_tol(args, store, mode: str, base, base_wall: float) -> None:
+    """Time ``decompose`` again with tol=--compare-tol (seed 0) and with the same tol and seed 1,
+    and compare their maps with the first run's stable maps (per decomposition, then averaged):
+    is the looser tolerance's difference within the seed-to-seed variation?"""
+    from funcnet.networks import decompose
+
+    print(f"\n{'run':22s} {'wall s':>7s} {'CPU s':>7s}  stable-map agreement with tol={args.tol}, seed 0 (>= {args.stable})")
+    print(f"{f'tol={args.tol}, seed 0':22s} {base_wall:7.1f} {'':>7s}  1 (itself)")
+    for tol, seed in ((args.compare_tol, 0), (args.tol, 1)):
+        c0, t0 = time.process_time(), time.perf_counter()
+        nets = decompose(store, mode=mode, n_components=args.k, n_init=args.n_init, random_state=seed, tol=tol,
+                         progress=False)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        agr = [stable_agreement(a.maps, a.stability, b.maps, args.stable)[0]
+               for a, b in zip(base.decompositions, nets.decompositions)]
+        print(f"{f'tol={tol}, seed {seed}':22s} {wall:7.1f} {cpu:7.1f}  {np.nanmean(agr):.3f} (per decomposition "
+              f"{np.nanmin(agr):.3f}-{np.nanmax(agr):.3f})", flush=True)
 
 
 def main(argv=None) -> int:
@@ -235,6 +268,9 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", default="0,15,29")
     ap.add_argument("--k", type=int, default=128)
     ap.add_argument("--n-init", type=int, default=10)
+    ap.add_argument("--tol", type=float, default=1e-4, help="--whole / --all-layers: FastICA tolerance")
+    ap.add_argument("--compare-tol", type=float, default=None,
+                    help="--whole / --all-layers: also run with this tolerance and with seed 1, and compare the maps")
     ap.add_argument("--max-tokens", type=int, default=16384)
     ap.add_argument("--window", type=int, default=128, help="tokens per subject (packed window)")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma list or 'all' ({', '.join(ALL_METHODS)})")
@@ -243,8 +279,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--all-layers", action="store_true",
                     help="time funcnet's per-layer mode on all 30 layers (decompose on a store), not the comparison")
-    ap.add_argument("--subjects", choices=("windows", "one"), default="windows",
-                    help="funcnet's subjects: one per --window tokens (default) or the whole matrix as one")
+    ap.add_argument("--subjects", choices=("windows", "one", "documents"), default="windows",
+                    help="funcnet's subjects: one per --window tokens (default), the whole matrix as one, or the "
+                         "documents of the --store (what decompose uses)")
     ap.add_argument("--whole", action="store_true", help="time whole-model mode (all layers' neurons together)")
     ap.add_argument("--store", default=None, help="--whole / --all-layers: reuse (or create) the activation store in this folder")
     args = ap.parse_args(argv)
@@ -255,22 +292,31 @@ def main(argv=None) -> int:
     if "funcnet" not in methods:
         methods.insert(0, "funcnet")   # the comparisons are made against funcnet's result
 
-    if args.npy_dir:
+    doc_lengths = None
+    if args.subjects == "documents":      # the store decompose() reads: its documents are the subjects
+        store, _ = _open_store(args)
+        docs = store.document_rows()
+        rows = np.concatenate(docs)
+        acts = {l: np.asarray(store.layer(l, "neurons")[rows], dtype=np.float32) for l in layers}
+        doc_lengths = np.array([len(d) for d in docs])
+    elif args.npy_dir:
         acts = {l: np.load(Path(args.npy_dir) / f"layer{l}.npy", mmap_mode="r")[: args.max_tokens] for l in layers}
     else:
         acts = record_activations(layers, args.max_tokens, args.window)
+    sub_arg = {"one": 0, "documents": -1}.get(args.subjects, args.window)
     ctx = mp.get_context("spawn")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for l in layers:
             path = os.path.join(tmp, f"layer{l}.npy")
             np.save(path, np.ascontiguousarray(acts[l], dtype=np.float32))
+            if doc_lengths is not None:
+                np.save(path + ".docs.npy", doc_lengths)
             T, N = acts[l].shape
             results = {}
             for m in methods:
                 out = os.path.join(tmp, f"{m}_{l}.npz")
-                p = ctx.Process(target=run_method, args=(m, path, args.k, args.n_init,
-                                                         0 if args.subjects == "one" else args.window, out))
+                p = ctx.Process(target=run_method, args=(m, path, args.k, args.n_init, sub_arg, out))
                 p.start()
                 p.join()
                 if p.exitcode != 0:
@@ -300,7 +346,8 @@ def main(argv=None) -> int:
 
     print()
     print(f"per-layer mode, k={args.k}, n_init={args.n_init} (funcnet, nilearn), tokens={T}, neurons={N}, layers {layers}, "
-          f"funcnet subjects: {'the whole matrix (as nilearn)' if args.subjects == 'one' else f'{args.window}-token windows'}")
+          f"funcnet subjects: " + {"one": "the whole matrix (as nilearn)", "documents": "the store's documents (as decompose)"}
+          .get(args.subjects, f"{args.window}-token windows"))
     print(f"{'method':14s} {'s/layer':>8s} {'30 layers*':>10s} {'peak RSS MB':>11s} {'overlap':>8s} {'stable agr':>10s}")
     for m in methods + sorted({r["method"] for r in rows} - set(methods)):
         rs = [r for r in rows if r["method"] == m]

@@ -134,6 +134,29 @@ def test_incremental_and_randomized_match_exact():
     assert subspace_overlap(Q[:, :3], np.linalg.qr(np.c_[Q, np.eye(50)[:, :3]])[0][:, 6:]) == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("do_cca", [True, False])
+def test_canica_subspace_reproduces_multipca_recipe(do_cca):
+    """nilearn's MultiPCA steps written out in numpy (exact SVDs instead of its randomized ones):
+    z-score each subject, its top-k right singular vectors (rows V^T, or S V^T without CCA),
+    stack, top-k right singular vectors of the stack."""
+    X, _, _, _ = make_data(k=5, n_neurons=300, seed=6, n_noise_dims=30)
+    lengths = [40, 90, 25, 70, 55]                        # unequal subjects, one shorter than 2k
+    subj = split(X[: sum(lengths)], lengths)
+    k = 15
+    rows = []
+    for A in subj:
+        Z = (A - A.mean(0)) / A.std(0)
+        _, s, Vt = np.linalg.svd(Z, full_matrices=False)
+        rows.append(Vt[:k] if do_cca else s[:k, None] * Vt[:k])
+    _, _, Vg = np.linalg.svd(np.concatenate(rows), full_matrices=False)
+    warnings.simplefilter("ignore", ICAConvergenceWarning)   # only the subspace matters here
+    est = CanICA(n_components=k, n_init=1, do_cca=do_cca).fit(subj)
+    assert subspace_overlap(est.subspace_, Vg[:k].T) > 0.99999
+    # pooling all tokens first gives a different subspace: the per-subject steps are not a no-op
+    Z = (X[: sum(lengths)] - X[: sum(lengths)].mean(0)) / X[: sum(lengths)].std(0)
+    assert subspace_overlap(est.subspace_, np.linalg.svd(Z, full_matrices=False)[2][:k].T) < 0.999
+
+
 # ------------------------------------------------------------------ the papers' recipe
 def _reference_recompute(X, k, seed):
     """Straightforward re-computation: z-score, full SVD, top-k left singular vectors of the
@@ -359,3 +382,30 @@ def test_group_rows_over_budget_are_recomputed_per_pass(monkeypatch):
     streamed = CanICA(n_components=6, n_init=2, reduction="randomized").fit(src)
     assert cached_src.passes == 2 and src.passes > 2     # stats + one materialized pass vs every pass
     np.testing.assert_allclose(streamed.components_, cached.components_, atol=1e-4)
+
+
+def test_exact_reduction_streams_when_rows_exceed_neurons(monkeypatch):
+    """The exact group PCA of more group rows than neurons accumulates the Gram matrix in one pass
+    over the subjects without keeping their rows (memory independent of the number of subjects);
+    with fewer rows than neurons it keeps them for the dual Gram matrix. Same subspace either way."""
+    import funcnet.ica as ica_mod
+
+    seen = []
+    real = ica_mod._reduce_exact
+
+    def spy(producer, N, k, weights, materialized=None):
+        seen.append(materialized is not None)
+        return real(producer, N, k, weights, materialized)
+
+    monkeypatch.setattr(ica_mod, "_reduce_exact", spy)
+    X, _, _, lengths = make_data(k=4, n_neurons=60, n_subjects=8, tokens=30, seed=22)
+    src = Chunks(X.astype(np.float32), lengths[0])
+    warnings.simplefilter("ignore", ICAConvergenceWarning)
+    many = CanICA(n_components=10, n_init=1).fit(src)          # 8 subjects x 10 rows = 80 > 60 neurons
+    few = CanICA(n_components=4, n_init=1).fit(src)            # 8 x 4 = 32 < 60
+    assert seen == [False, True]
+    assert src.passes == 4                                      # stats + one reduction pass, each fit
+    rows = np.concatenate([np.linalg.svd((A - A.mean(0)) / A.std(0), full_matrices=False)[2][:10]
+                           for A in split(X.astype(np.float32).astype(np.float64), lengths)])
+    assert subspace_overlap(many.subspace_, np.linalg.svd(rows, full_matrices=False)[2][:10].T) > 0.9999
+    assert few.subspace_.shape == (60, 4)

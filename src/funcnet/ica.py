@@ -465,6 +465,7 @@ class _CanICARows(_RowsProducer):
                 rw = None
             if t.shape[0] < 2:
                 continue
+            # one copy of the subject (t - mu), then in place: peak memory ~2x the largest subject
             if rw is None:
                 mu = t.mean(dim=0)
                 t = t - mu
@@ -474,12 +475,12 @@ class _CanICARows(_RowsProducer):
                 mu = (t * rw[:, None]).sum(dim=0) / tot
                 t = t - mu
                 var = (t * t * rw[:, None]).sum(dim=0) / tot
-            t = t * self.keep
+            t.mul_(self.keep)
             if self.est.standardize:
                 sd = torch.sqrt(var)
                 ref = torch.median(sd[self.keep > 0]) if bool((self.keep > 0).any()) else sd.max()
                 sd = torch.where(sd <= _CONST_RTOL * ref, torch.ones_like(sd), sd)
-                t = t / sd
+                t.div_(sd)
             if rw is not None:
                 t = t * torch.sqrt(rw)[:, None]
             S, Vt = _top_right(t, k)
@@ -544,8 +545,12 @@ def _reduce_exact(producer: _RowsProducer, N: int, k: int, weights, materialized
     if N <= _GRAM_MAX:
         G = None
         for b in _coalesce(blocks):
-            g = (b.T @ b).double()
-            G = g if G is None else G + g
+            g = b.T @ b
+            if G is None:
+                G = g.double()
+            else:
+                G.add_(g)          # in place, promoted to float64 element by element: no N x N temporaries
+            del g, b
         if G is None:
             raise FuncnetError("empty input: no rows left to reduce")
         # float32 data: float32 eigh (3x faster; eigenvectors good to ~1e-6 relative)
@@ -994,10 +999,15 @@ class CanICA:
         self.reduction_ = red
         m = int(self.migp_rows or max(4 * k, 256))
 
-        # canica's group rows (at most k per subject) are kept when several passes need them and
-        # they fit the budget; otherwise they are recomputed from the (streamed) subjects per pass
-        row_bytes = sum(min(k, t) for t in stats.lengths) * N * (8 if cdtype == torch.float64 else 4)
-        cache = (self.method == "canica" and red in ("exact", "randomized") and row_bytes <= _CACHE_BYTES) or (
+        # canica's group rows (at most k per subject) are kept only when the reduction needs them
+        # more than once (randomized: several passes) or all together (exact with fewer rows than
+        # neurons: the dual Gram matrix), and only within the budget; the exact reduction of more
+        # rows than neurons accumulates the neuron Gram matrix in one streamed pass, so its memory
+        # does not grow with the number of subjects
+        n_rows_max = sum(min(k, t) for t in stats.lengths)
+        row_bytes = n_rows_max * N * (8 if cdtype == torch.float64 else 4)
+        need_rows = red == "randomized" or (red == "exact" and n_rows_max < N)
+        cache = (self.method == "canica" and need_rows and row_bytes <= _CACHE_BYTES) or (
             red == "exact" and data.in_memory and stats.n_tokens < N)
 
         def reduce(weights, rseed):
