@@ -179,10 +179,11 @@ def _canon_signs(V: torch.Tensor) -> torch.Tensor:
     return V * s
 
 
-def _zscore_rows(A: torch.Tensor) -> torch.Tensor:
-    A = A - A.mean(dim=-1, keepdim=True)
+def _zscore_rows_(A: torch.Tensor) -> torch.Tensor:
+    """Z-score the rows of A in place (A is [.., maps, neurons]: no copies of it)."""
+    A.sub_(A.mean(dim=-1, keepdim=True))
     sd = A.std(dim=-1, keepdim=True, unbiased=False)
-    return A / torch.where(sd > 0, sd, torch.ones_like(sd))
+    return A.div_(torch.where(sd > 0, sd, torch.ones_like(sd)))
 
 
 def _skew_signs(Z: torch.Tensor) -> torch.Tensor:
@@ -1052,7 +1053,7 @@ class CanICA:
             W0 = torch.stack([initial_unmixing(s, k) for s in sds])
             res = fastica(Xi, k, self.fun, max_iter=self.max_iter, tol=self.tol, w_init=W0, device=dev,
                           dtype=self.dtype, mixed_precision=bool(mixed))
-            maps.append(_zscore_rows(res.sources).reshape(-1, Xi.shape[0]))
+            maps.append(_zscore_rows_(res.sources).reshape(-1, Xi.shape[0]))
             n_iter.append(res.n_iter)
             conv.append(res.converged)
             del res, Xi       # [runs, k, neurons] float64: 0.5 GB for 10 runs of 46k neurons
