@@ -220,7 +220,8 @@ def _timed_decompose(args, mode: str) -> int:
     rss0 = _peak_rss_mb()
     c0, t0 = time.process_time(), time.perf_counter()
     with _AnonPeak() as anon:
-        nets = decompose(store, mode=mode, n_components=args.k, n_init=args.n_init, random_state=0, tol=args.tol)
+        nets = decompose(store, mode=mode, n_components=args.k, n_init=args.n_init, random_state=0, tol=args.tol,
+                         device=args.device)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     decs = nets.decompositions
     n_stable = [int((d.stability >= args.stable).sum()) for d in decs]
@@ -255,7 +256,7 @@ def _compare_tol(args, store, mode: str, base, base_wall: float) -> None:
     for tol, seed in ((args.compare_tol, 0), (args.tol, 1)):
         c0, t0 = time.process_time(), time.perf_counter()
         nets = decompose(store, mode=mode, n_components=args.k, n_init=args.n_init, random_state=seed, tol=tol,
-                         progress=False)
+                         device=args.device, progress=False)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         agr = [stable_agreement(a.maps, a.stability, b.maps, args.stable)[0]
                for a, b in zip(base.decompositions, nets.decompositions)]
@@ -269,6 +270,7 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=128)
     ap.add_argument("--n-init", type=int, default=10)
     ap.add_argument("--tol", type=float, default=1e-4, help="--whole / --all-layers: FastICA tolerance")
+    ap.add_argument("--device", default="cpu", help="--whole / --all-layers: cpu or cuda (all GPUs round-robin)")
     ap.add_argument("--compare-tol", type=float, default=None,
                     help="--whole / --all-layers: also run with this tolerance and with seed 1, and compare the maps")
     ap.add_argument("--max-tokens", type=int, default=16384)

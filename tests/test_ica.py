@@ -409,3 +409,28 @@ def test_exact_reduction_streams_when_rows_exceed_neurons(monkeypatch):
                            for A in split(X.astype(np.float32).astype(np.float64), lengths)])
     assert subspace_overlap(many.subspace_, np.linalg.svd(rows, full_matrices=False)[2][:10].T) > 0.9999
     assert few.subspace_.shape == (60, 4)
+
+
+# ------------------------------------------------------------------ CUDA (same code path; run where a GPU exists)
+def test_cuda_requested_without_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    X, _, _, lengths = make_data(seed=30)
+    with pytest.raises(FuncnetError, match="CUDA is not available"):
+        CanICA(n_components=4, device="cuda").fit(split(X, lengths))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["canica", "reference"])
+def test_cuda_matches_cpu(method):
+    """The CUDA path is the CPU code on another device: same subspace, and the same maps from the
+    same seeds up to the floating-point differences of the device's kernels."""
+    X, S, _, lengths = make_data(k=6, seed=31)
+    subj = split(X, lengths) if method == "canica" else X
+    cpu = CanICA(n_components=6, n_init=4, method=method, random_state=3).fit(subj)
+    gpu = CanICA(n_components=6, n_init=4, method=method, random_state=3, device="cuda").fit(subj)
+    assert subspace_overlap(cpu.subspace_, gpu.subspace_) > 0.9999
+    assert match_maps(cpu.components_, gpu.components_)[0] > 0.99
+    assert match_maps(standardized_truth(X, S), gpu.components_)[0] > 0.95
+    ests = fit_many([subj, subj], dict(n_components=6, n_init=2, method=method, random_state=3), device="cuda")
+    assert match_maps(ests[0].components_, ests[1].components_)[0] > 0.999
