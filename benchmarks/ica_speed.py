@@ -69,6 +69,11 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _documents(X: np.ndarray, path: str) -> list[np.ndarray]:
+    """X split into the documents whose lengths ``--subjects documents`` saved next to it."""
+    return np.split(X, np.cumsum(np.load(path + ".docs.npy"))[:-1])
+
+
 def run_method(method: str, path: str, k: int, n_init: int, window: int, out: str) -> None:
     """``window`` = tokens per funcnet subject; 0 = the whole matrix is one subject (as nilearn gets
     it); -1 = one subject per document (lengths in ``{path}.docs.npy``, as ``decompose`` does)."""
@@ -80,7 +85,7 @@ def run_method(method: str, path: str, k: int, n_init: int, window: int, out: st
         from funcnet.ica import CanICA
 
         if window < 0:
-            subjects = np.split(X, np.cumsum(np.load(path + ".docs.npy"))[:-1])
+            subjects = _documents(X, path)
         else:
             subjects = [X[s:s + window] for s in range(0, len(X), window)] if window else X
         if method == "funcnet_ref":
@@ -121,7 +126,7 @@ def run_method(method: str, path: str, k: int, n_init: int, window: int, out: st
             return nib.Nifti1Image(A.T.reshape(*shape, len(A)).astype(np.float32), affine)
 
         # one 4D image per subject (document) when funcnet gets documents, else the whole matrix
-        img = [image(A) for A in np.split(X, np.cumsum(np.load(path + ".docs.npy"))[:-1])] if window < 0 else image(X)
+        img = [image(A) for A in _documents(X, path)] if window < 0 else image(X)
         mask = nib.Nifti1Image(np.ones(shape, dtype=np.int8), affine)
         nc = NiCanICA(n_components=k, n_init=n_init, mask=mask, smoothing_fwhm=None, detrend=False,
                       standardize="zscore_sample", random_state=0, threshold=None, verbose=0)
@@ -285,7 +290,8 @@ def main(argv=None) -> int:
                     help="funcnet's subjects: one per --window tokens (default), the whole matrix as one, or the "
                          "documents of the --store (what decompose uses)")
     ap.add_argument("--whole", action="store_true", help="time whole-model mode (all layers' neurons together)")
-    ap.add_argument("--store", default=None, help="--whole / --all-layers: reuse (or create) the activation store in this folder")
+    ap.add_argument("--store", default=None,
+                    help="--whole / --all-layers / --subjects documents: reuse (or create) the activation store in this folder")
     args = ap.parse_args(argv)
     if args.whole or args.all_layers:
         return _timed_decompose(args, "whole" if args.whole else "per-layer")
