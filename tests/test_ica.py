@@ -328,6 +328,10 @@ def test_transform_time_courses():
     assert np.abs(resid @ est.components_.T).max() < 1e-6 * np.abs(Z @ est.components_.T).max()
     with pytest.raises(FuncnetError, match="neurons"):
         est.transform(X[:, :10])
+    assert est.mixing_ is est.time_courses_
+    streamed = CanICA(n_components=6, n_init=1).fit(Chunks(X, lengths[0]))
+    assert not hasattr(streamed, "mixing_") and not hasattr(streamed, "time_courses_")
+    assert streamed.transform(X).shape == (X.shape[0], 6)
 
 
 def test_fastica_batched_runs_equal_single_runs():

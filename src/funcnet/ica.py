@@ -898,7 +898,8 @@ class CanICA:
     ``subspace_`` [neurons, k] orthonormal basis of the reduction, ``mean_`` / ``scale_`` /
     ``constant_`` [neurons] (global standardization), ``n_iter_`` / ``converged_`` [runs],
     ``seeds_`` [runs], ``n_tokens_``, ``n_subjects_``, ``n_features_in_``, ``reduction_``
-    (the method used), ``time_courses_`` [tokens, k] when the fit data were in memory.
+    (the method used), ``time_courses_`` [tokens, k] when the fit data were in memory, also as
+    ``mixing_`` (scikit-learn's name: in a spatial ICA the mixing matrix is the time courses).
     """
 
     def __init__(self, n_components: int = 20, n_init: int = 10, fun: str = "cube", max_iter: int = 300,
@@ -1151,6 +1152,15 @@ class CanICA:
             z[:, ~keep] = 0
             out.append(z @ P.astype(dt))
         return np.concatenate(out) if out else np.zeros((0, self.components_.shape[0]))
+
+    @property
+    def mixing_(self) -> np.ndarray:
+        """[tokens, k] time courses of the fit data (scikit-learn's ``mixing_`` of a spatial ICA);
+        only when they were in memory, else use ``transform`` on the tokens of interest."""
+        try:
+            return self.time_courses_
+        except AttributeError:
+            raise AttributeError("mixing_ exists only after fitting in-memory data; use transform(X)") from None
 
     def fit_transform(self, X, y=None, **kw) -> np.ndarray:
         self.fit(X, **kw)
