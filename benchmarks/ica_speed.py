@@ -301,7 +301,7 @@ def main(argv=None) -> int:
         methods.insert(0, "funcnet")   # the comparisons are made against funcnet's result
 
     doc_lengths = None
-    if args.subjects == "documents":      # the store decompose() reads: its documents are the subjects
+    if args.subjects == "documents" or args.store:   # the store decompose() reads, rows in document order
         store, _ = _open_store(args)
         docs = store.document_rows()
         rows = np.concatenate(docs)
