@@ -304,8 +304,8 @@ def main(argv=None) -> int:
     if args.subjects == "documents" or args.store:   # the store decompose() reads, rows in document order
         store, _ = _open_store(args)
         docs = store.document_rows()
-        rows = np.concatenate(docs)
-        acts = {l: np.asarray(store.layer(l, "neurons")[rows], dtype=np.float32) for l in layers}
+        order = np.concatenate(docs)
+        acts = {l: np.asarray(store.layer(l, "neurons")[order], dtype=np.float32) for l in layers}
         doc_lengths = np.array([len(d) for d in docs])
     elif args.npy_dir:
         acts = {l: np.load(Path(args.npy_dir) / f"layer{l}.npy", mmap_mode="r")[: args.max_tokens] for l in layers}
