@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import funcnet  # noqa: E402
 from funcnet import fingerprint as F  # noqa: E402
-from funcnet.models import LoadedModel  # noqa: E402
+from funcnet.core.models import LoadedModel  # noqa: E402
 
 
 

@@ -28,8 +28,8 @@ from ica_speed import _AnonPeak, _peak_rss_mb  # noqa: E402
 
 def _record(tokens: int, layers: list[int], folder: Path, corpus: str) -> None:
     import funcnet
-    from funcnet.record import record
-    from funcnet.store import ActivationStore
+    from funcnet.data.record import record
+    from funcnet.data.store import ActivationStore
 
     if (folder / "manifest.json").exists() and ActivationStore.open(folder).complete:
         return
@@ -42,7 +42,7 @@ def _decompose(folder: str, mode: str, k: int, n_init: int, out: str) -> None:
     import numpy as np
 
     from funcnet.networks import decompose
-    from funcnet.store import ActivationStore
+    from funcnet.data.store import ActivationStore
 
     warnings.simplefilter("ignore")
     store = ActivationStore.open(folder)

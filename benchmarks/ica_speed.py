@@ -39,8 +39,8 @@ DEFAULT_METHODS = ("funcnet", "funcnet_seed1", "funcnet_ref", "reference", "skle
 def record_activations(layers: list[int], max_tokens: int, window: int) -> dict[int, np.ndarray]:
     try:
         import funcnet
-        from funcnet.corpus import load_corpus, tokenize
-        from funcnet.record import collect
+        from funcnet.data.corpus import load_corpus, tokenize
+        from funcnet.data.record import collect
     except ImportError as e:  # the recording API is written by another engineer
         sys.exit(f"ica_speed: the recording API is not available yet ({e}); pass --npy-dir with layer{{L}}.npy files")
     lm = funcnet.load_model("smollm2-135m")
@@ -82,7 +82,7 @@ def run_method(method: str, path: str, k: int, n_init: int, window: int, out: st
     t0 = time.perf_counter()
     res: dict = {}
     if method.startswith("funcnet"):
-        from funcnet.ica import CanICA
+        from funcnet.networks.canica import CanICA
 
         if window < 0:
             subjects = _documents(X, path)
@@ -142,7 +142,7 @@ def run_method(method: str, path: str, k: int, n_init: int, window: int, out: st
 
 # ----------------------------------------------------------------------------- comparisons
 def compare(ref: dict, other: dict, stable: float) -> tuple[float, float, int]:
-    from funcnet.ica import subspace_overlap
+    from funcnet.networks.canica import subspace_overlap
 
     ov = subspace_overlap(ref["subspace"], other["maps"].T)
     return (ov, *stable_agreement(ref["maps"], ref["stability"], other["maps"], stable))
@@ -164,8 +164,8 @@ def _open_store(args):
     """The activation store both timed modes decompose: all layers of SmolLM2 on --max-tokens tokens
     of the built-in prose in --window-token packed windows, recorded to disk once (not timed)."""
     import funcnet
-    from funcnet.record import record
-    from funcnet.store import ActivationStore
+    from funcnet.data.record import record
+    from funcnet.data.store import ActivationStore
 
     store_dir = Path(args.store or tempfile.mkdtemp(prefix="funcnet-ica-bench-"))
     t0 = time.perf_counter()

@@ -100,8 +100,9 @@ def parse_method(name: str) -> dict:
 
 def networks_cached(lm, calib, *, n_groups, group_size, n_components, fn_method, seed, refresh=False):
     """Functional networks of ``lm`` on the calib split, cached in $FUNCNET_CACHE/prune_bench."""
-    from funcnet._io import cache_dir
-    from funcnet.networks import FunctionalNetworks, networks_for_pruning
+    from funcnet.core._io import cache_dir
+    from funcnet.networks import FunctionalNetworks
+    from funcnet.prune import networks_for_pruning
 
     key = f"{lm.identity[:16]}-g{n_groups}x{group_size}-k{n_components}-{fn_method}-s{seed}"
     path = cache_dir() / "prune_bench" / f"networks-{key}.safetensors"
@@ -126,7 +127,7 @@ def threshold_masks(lm, nets, ratio, of, *, comp="bias", protect=(3, 2), iters=5
     whose largest |z| exceeds T, so the bisection works on ``score_per_neuron`` and the final masks
     come from ``pruning_keep_masks`` (checked equal)."""
     from funcnet import prune as P
-    from funcnet.networks import pruning_keep_masks
+    from funcnet.prune import pruning_keep_masks
 
     mx = nets.score_per_neuron() if mx is None else mx
     covered = {int(l) for d in nets.decompositions for l in np.unique(d.columns[:, 0])}
@@ -156,7 +157,7 @@ def threshold_masks(lm, nets, ratio, of, *, comp="bias", protect=(3, 2), iters=5
 
 # ------------------------------------------------------------------------------------ evaluation
 def eval_sets(split: str) -> dict[str, list[str]]:
-    from funcnet.corpus import load_corpus
+    from funcnet.data.corpus import load_corpus
 
     out = {}
     for d in DOMAINS:
@@ -193,7 +194,7 @@ import json, os, resource, sys, time
 import torch
 mode, path, spec, reps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 import funcnet
-from funcnet.corpus import load_corpus
+from funcnet.data.corpus import load_corpus
 from funcnet.evaluate import tokenize_stream
 if mode == "dense":
     lm = funcnet.load_model(spec)
@@ -393,7 +394,7 @@ def main(argv=None) -> int:
 
     import funcnet
     from funcnet import prune as P
-    from funcnet.corpus import load_corpus
+    from funcnet.data.corpus import load_corpus
 
     torch.manual_seed(args.seed)
     if args.threads:

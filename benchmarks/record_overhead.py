@@ -22,8 +22,8 @@ CHILD = r"""
 import json, os, resource, sys, time, tempfile
 import torch
 import funcnet
-from funcnet.corpus import load_corpus, tokenize
-from funcnet.record import record
+from funcnet.data.corpus import load_corpus, tokenize
+from funcnet.data.record import record
 mode, spec, n_tokens, bs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 lm = funcnet.load_model(spec)
 corpus = load_corpus("builtin", split="calib")

@@ -37,7 +37,7 @@ HELD_OUT_FT_TEXT = "builtin:code"
 
 
 def fixture_dir() -> Path:
-    from funcnet._io import cache_dir
+    from funcnet.core._io import cache_dir
 
     d = cache_dir() / "fingerprint"
     d.mkdir(parents=True, exist_ok=True)
@@ -45,7 +45,7 @@ def fixture_dir() -> Path:
 
 
 def _token_stream(tokenizer, spec: str, split: str, max_tokens: int, seq_len: int = 64) -> torch.Tensor:
-    from funcnet.corpus import load_corpus, tokenize
+    from funcnet.data.corpus import load_corpus, tokenize
 
     tok = tokenize(load_corpus(spec, split=split), tokenizer, max_length=seq_len, mode="packed",
                    max_tokens=max_tokens)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import FAMILIES, tiny_model
-from funcnet.adapters import get_adapter, supported_families, weight_out_in
+from funcnet.core.adapters import get_adapter, supported_families, weight_out_in
 from funcnet.errors import FuncnetError, UnsupportedArchitectureError
 
 

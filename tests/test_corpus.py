@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from funcnet import corpus as C
-from funcnet.corpus import Corpus, Document, load_corpus, tokenize
+from funcnet.data import corpus as C
+from funcnet.data.corpus import Corpus, Document, load_corpus, tokenize
 from funcnet.errors import FuncnetError
 
 TRAIN_TEXT = [

@@ -15,7 +15,7 @@ from funcnet import evaluate as ev
 from funcnet.errors import FuncnetError
 from funcnet.evaluate import EvalResult, evaluate_domains, perplexity, tokenize_stream, window_starts
 from funcnet.intervene import inhibit, random_fraction
-from funcnet.models import as_loaded
+from funcnet.core.models import as_loaded
 
 DATA = Path(__file__).parent / "data"
 VOCAB = 260  # 256 byte symbols + <eos> (+ spare ids the model never sees)
@@ -241,7 +241,7 @@ def test_cli_eval(llama, tok, tmp_path, monkeypatch, capsys):
         return c
 
     fake.load_corpus = load_corpus
-    monkeypatch.setitem(sys.modules, "funcnet.corpus", fake)
+    monkeypatch.setattr("funcnet.evaluate.load_corpus", load_corpus)
     out = tmp_path / "res.json"
     rc = main(["eval", "--model", str(model_dir), "--window", "16", "--max-windows", "4", "--json", str(out), "-q"])
     assert rc == 0
@@ -293,7 +293,7 @@ def test_lm_eval_bridge_local_task(llama, tok, tmp_path, monkeypatch):
     assert res["results"]["funcnet_tiny_mc"]["sample_len"] == 4 if "sample_len" in res["results"]["funcnet_tiny_mc"] else True
     assert acc in (0.0, 0.25, 0.5, 0.75, 1.0)
     # an intervened model evaluated through HFLM: the hook sees every forward pass
-    from funcnet.adapters import get_adapter
+    from funcnet.core.adapters import get_adapter
 
     seen = []
     with inhibit(llama, {1: list(range(64))}):
@@ -358,7 +358,7 @@ def test_lm_eval_on_saved_pruned_model(llama, tok, tmp_path, monkeypatch):
     pytest.importorskip("lm_eval")
     import copy
 
-    from funcnet.models import as_loaded
+    from funcnet.core.models import as_loaded
     from funcnet.prune import load_pruned, prune, save_pruned
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -379,6 +379,6 @@ def test_lm_eval_on_saved_pruned_model(llama, tok, tmp_path, monkeypatch):
 
 
 def ev_widths(model):
-    from funcnet.adapters import get_adapter
+    from funcnet.core.adapters import get_adapter
 
     return get_adapter(model).neurons_per_layer(model)

@@ -7,18 +7,18 @@ import numpy as np
 import pytest
 
 from conftest import TEXTS, char_tokenizer, tiny_model
-from funcnet.explore import (amplification_experiment, anatomy, lesion_experiment, preservation_experiment,
+from funcnet.experiments import (amplification_experiment, anatomy, lesion_experiment, preservation_experiment,
                              top_networks)
-from funcnet.models import as_loaded
+from funcnet.core.models import as_loaded
 from funcnet.networks import decompose
-from funcnet.record import record
+from funcnet.data.record import record
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     lm = as_loaded(tiny_model("llama", n_layers=2, inter=64, vocab=128), char_tokenizer())
     texts = [t * 3 for t in TEXTS] * 3
-    from funcnet.corpus import load_corpus
+    from funcnet.data.corpus import load_corpus
 
     corpus = load_corpus(texts)
     store = record(lm, corpus, out=tmp_path_factory.mktemp("s") / "st", max_length=64, progress=False)
@@ -63,7 +63,7 @@ def test_amplification_identity_point_is_baseline(setup):
 def test_amplification_best_compares_with_dense(setup, capsys):
     """Without the identity factor on the grid, the lowest point may be worse than the unmodified model:
     "best" records whether it beats dense, and the CLI says "none better than dense" when it does not."""
-    from funcnet.explore import _print_amplify_best
+    from funcnet.cli.explore import _print_amplify_best
 
     lm, _, nets, evals, _ = setup
     res = amplification_experiment(lm, nets, evals, top=1, factors=(0.0, 3.0), threshold=1.0, window=16,
@@ -102,7 +102,7 @@ def test_lesion_on_tiny_gemma3(tmp_path):
     """Gemma 3 (gelu-tanh gated MLP, post-feedforward RMSNorm, scaled embeddings): the experiments run
     and inhibiting a network still moves the metric although the MLP output is renormalized."""
     lm = as_loaded(tiny_model("gemma3", n_layers=2, inter=64, vocab=128), char_tokenizer())
-    from funcnet.corpus import load_corpus
+    from funcnet.data.corpus import load_corpus
 
     store = record(lm, load_corpus([t * 3 for t in TEXTS] * 3), out=tmp_path / "st", max_length=64,
                    progress=False)
@@ -120,7 +120,7 @@ def test_lesion_on_tiny_gemma3(tmp_path):
 
 def test_cli_tables_print_huge_perplexities_compactly(capsys):
     """A destroyed model (Gemma preservation: ppl 3e12) prints as 3.04e+12, not 3042992632186.10."""
-    from funcnet.explore import _ppl_str, _print_lesion
+    from funcnet.cli.explore import _ppl_str, _print_lesion
 
     assert _ppl_str(22.234) == "22.23" and _ppl_str(3042992632186.1) == "3.04e+12"
     assert _ppl_str(12.5, 8) == "   12.50" and _ppl_str(float("inf")) == "inf"
@@ -143,8 +143,8 @@ def test_gemma3_small_lesion(tmp_path):
     import math
     import time
 
-    from funcnet.explore import eval_domains
-    from funcnet.models import load_model
+    from funcnet.experiments import eval_domains
+    from funcnet.core.models import load_model
 
     t0 = time.time()
     lm = load_model("gemma3-270m")

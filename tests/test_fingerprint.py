@@ -11,7 +11,7 @@ import torch
 
 from funcnet import fingerprint as F
 from funcnet.errors import FuncnetError
-from funcnet.models import LoadedModel
+from funcnet.core.models import LoadedModel
 
 PROBES = list(F.DEFAULT_PROBES[:6])
 KW = dict(n_components=12, n_seeds=2, max_length=1024)
@@ -109,7 +109,7 @@ def test_unit_spans_and_token_aggregation():
 
 
 def test_alignment_across_two_tokenizers_keeps_a_known_signal():
-    from funcnet.corpus import Corpus, Document, tokenize
+    from funcnet.data.corpus import Corpus, Document, tokenize
 
     ct, wt = get_tok("char"), get_tok("word")
     texts = PROBES[:3]
@@ -184,11 +184,11 @@ def test_shared_token_identity_alone_is_not_derived(victim):
     victim's, but nothing else. Without the control it looks derived; with it, it must not."""
     _, prof = victim
     rng = np.random.default_rng(0)
-    types, off = F._word_types(prof), prof.unit_offsets
+    types, off = F._fingerprint._word_types(prof), prof.unit_offsets
     X = prof.timecourses.reshape(-1, prof.timecourses.shape[-1]).astype(np.float64)
     ok = np.isfinite(X).all(0)
     explained = X.copy()
-    explained[:, ok] = X[:, ok] - F._remove_identity(X, types, off)[:, ok]  # identity + position part
+    explained[:, ok] = X[:, ok] - F._fingerprint._remove_identity(X, types, off)[:, ok]  # identity + position part
     explained = np.where(np.isfinite(explained), explained, X)  # singleton words keep their value
     noise = rng.standard_normal(X.shape) * np.nanstd(X - explained, axis=1, keepdims=True)
     sus = _with_timecourses(prof, (explained + noise).reshape(prof.timecourses.shape))
@@ -208,13 +208,13 @@ def test_identity_control_removes_word_and_position_means():
     types = np.array([0, 1, 0, 2, 1, 0, 3])
     off = np.array([0, 4, 7])
     word = np.array([[1.0, -2.0, 5.0, 3.0]])[:, types]  # a pure function of the word type
-    out = F._remove_identity(word, types, off, position_bins=0)
+    out = F._fingerprint._remove_identity(word, types, off, position_bins=0)
     np.testing.assert_allclose(out[0, types != 2][types[types != 2] != 3], 0, atol=1e-12)
     assert np.isnan(out[0, types == 2]).all() and np.isnan(out[0, types == 3]).all()  # singletons: no residual
     ctx = np.array([[0.0, 1.0, 2.0, 0.0, 3.0, -1.0, 0.0]])  # varies within a type: survives
-    res = F._remove_identity(word + ctx, types, off, position_bins=0)
+    res = F._fingerprint._remove_identity(word + ctx, types, off, position_bins=0)
     assert np.nanstd(res) > 0.5
-    perm = F._within_type_permutation(types, np.random.default_rng(1))
+    perm = F._fingerprint._within_type_permutation(types, np.random.default_rng(1))
     assert sorted(perm.tolist()) == list(range(7)) and (types[perm] == types).all()
 
 

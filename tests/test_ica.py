@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from funcnet.errors import FuncnetError
-from funcnet.ica import (
+from funcnet.networks.canica import (
     CanICA,
     ICAConvergenceWarning,
     amari_distance,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from funcnet.adapters import get_adapter
+from funcnet.core.adapters import get_adapter
 from funcnet.errors import FuncnetError
 from funcnet.intervene import (
     Intervention,
@@ -19,7 +19,7 @@ from funcnet.intervene import (
     resolve_neurons,
     total_neurons,
 )
-from funcnet.models import as_loaded
+from funcnet.core.models import as_loaded
 
 VOCAB = 128
 

@@ -9,10 +9,10 @@ import time
 import pytest
 
 from conftest import tiny_saved
-from funcnet import models
+from funcnet.core import models
 from funcnet.cli import main
 from funcnet.errors import FuncnetError
-from funcnet.models import load_model
+from funcnet.core.models import load_model
 
 
 def test_load_local_folder(tmp_path):
@@ -70,7 +70,7 @@ def test_corrupt_gguf(tmp_path, monkeypatch):
 
 
 def test_killed_cache_write_leaves_no_cache(tmp_path, monkeypatch):
-    from funcnet._io import atomic_path
+    from funcnet.core._io import atomic_path
 
     target = tmp_path / "models" / "m"
     with pytest.raises(RuntimeError):

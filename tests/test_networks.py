@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 
 from conftest import TEXTS, char_tokenizer, tiny_model
+from funcnet.prune import pruning_importance, pruning_keep_masks
 from funcnet.errors import FuncnetError
-from funcnet.models import as_loaded
+from funcnet.core.models import as_loaded
 from funcnet.networks import Decomposition, FunctionalNetworks, decompose, iou, make_groups
-from funcnet.record import collect, record
+from funcnet.data.record import collect, record
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +126,8 @@ def test_make_groups_deterministic():
 def test_pruning_importance_and_masks():
     d0 = _toy(np.array([[5.0, 0, -4.0, 0], [0, 1.0, 0, 3.0]]), layer=1, unit="L01")
     nets = FunctionalNetworks([d0], ["neurons"], [4, 4, 4])
-    imp = __import__("funcnet.networks", fromlist=["x"]).pruning_importance(nets)
+    imp = pruning_importance(nets)
     assert imp[1].tolist() == [5, 1, 4, 3] and imp[0].tolist() == [0, 0, 0, 0]
-    from funcnet.networks import pruning_importance, pruning_keep_masks
 
     pos = pruning_importance(nets, score="max_pos_z")
     assert pos[1].tolist() == [5, 1, 0, 3]
@@ -178,7 +178,7 @@ def test_networks_cli_on_saved_tiny_model(tmp_path, capsys):
 def test_store_documents_stream_as_subjects(store):
     """decompose() streams the store's documents (one subject each) instead of loading them:
     SubjectStream yields exactly each document's rows of the layers, side by side."""
-    from funcnet.store import SubjectStream
+    from funcnet.data.store import SubjectStream
 
     layers = store.layers[:2]
     srcs = [store.source(layers, "neurons")]

@@ -17,10 +17,11 @@ import torch
 import transformers as T
 
 from funcnet import prune as P
-from funcnet import shrink
-from funcnet.adapters import get_adapter, weight_out_in
+from funcnet.cli.prune import summary_lines
+from funcnet.core import shrink
+from funcnet.core.adapters import get_adapter, weight_out_in
 from funcnet.errors import FuncnetError
-from funcnet.models import as_loaded
+from funcnet.core.models import as_loaded
 
 os.environ.setdefault("FUNCNET_NO_PROGRESS", "1")
 
@@ -251,7 +252,7 @@ def test_ls_reconstruction_formula_and_error():
     assert err["ls"] < 0.7 * err["bias"], err
     # ls-fn: each removed neuron's regressors are kept neurons that share a network with it
     nets = _toy_nets(lm)
-    strength = P.network_comembers(nets, 1, I)
+    strength = nets.comembership(1, I)
     A, _ = P.reconstruction(lm, sel, st, mode="ls-fn", networks=nets, ridge=0.05)[1]
     A = A.numpy()
     for a, r in enumerate(rem):
@@ -308,7 +309,7 @@ def test_conditional_fluctuation_scores():
         assert (full[i] <= netc[i] * (1 + 1e-6) + 1e-9).mean() > 0.9  # all neurons explain more than a few
     C = st.cov(1)
     W = weight_out_in(lm.adapter.down_proj(lm.layers[1])).detach().double().numpy()
-    strength = P.network_comembers(nets, 1, I)
+    strength = nets.comembership(1, I)
     for j in (3, 10):
         o = [k for k in range(I) if k != j]
         M = C + 0.1 * np.diag(np.diag(C))
@@ -520,7 +521,7 @@ def test_prune_end_to_end_report():
     assert r["calibration"]["tokens"] == 120
     assert model.config.intermediate_sizes == r["kept_neurons_per_layer"]
     assert model.config.num_attention_heads_per_layer[0] == NH
-    assert "pruned" in "\n".join(P.summary_lines(r)) or "params" in "\n".join(P.summary_lines(r))
+    assert "pruned" in "\n".join(summary_lines(r)) or "params" in "\n".join(summary_lines(r))
     with torch.no_grad():
         assert torch.isfinite(model(torch.randint(2, V, (1, 8))).logits).all()
 
@@ -599,7 +600,7 @@ def test_save_is_atomic_refuses_existing_and_load_pruned(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(P, "_save_weights", boom)
+    monkeypatch.setattr("funcnet.core.pruned._save_weights", boom)
     with pytest.raises(RuntimeError):
         P.save_pruned(model, None, out, {}, overwrite=True)
     assert (out / "keep.txt").exists() and [p.name for p in tmp_path.iterdir()] == ["m"]  # untouched, no temp
@@ -620,7 +621,7 @@ def test_save_is_atomic_refuses_existing_and_load_pruned(tmp_path, monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(lm2.model(ids).logits, model(ids).logits, atol=1e-4, rtol=1e-4)
     # funcnet.load_model recognises a pruned folder too (what `funcnet eval --model DIR` uses)
-    from funcnet.models import load_model
+    from funcnet.core.models import load_model
 
     lm3 = load_model(str(out))
     assert lm3.info["pruning_report"]["method"] == "magnitude"
@@ -667,7 +668,7 @@ def test_cli_errors(tmp_path, capsys):
 @pytest.mark.integration
 def test_smollm2_flap_and_wanda_sp(tmp_path):
     import funcnet
-    from funcnet.corpus import load_corpus
+    from funcnet.data.corpus import load_corpus
 
     lm = funcnet.load_model("smollm2-135m")
     st = P.calibration_stats(lm, load_corpus("builtin", split="calib"), calib_tokens=4096, batch_size=16,

@@ -13,9 +13,9 @@ import torch
 
 from conftest import TEXTS, char_tokenizer, tiny_model, tiny_saved
 from funcnet.errors import FuncnetError
-from funcnet.models import as_loaded
-from funcnet.record import collect, parse_layers, record
-from funcnet.store import ActivationStore
+from funcnet.core.models import as_loaded
+from funcnet.data.record import collect, parse_layers, record
+from funcnet.data.store import ActivationStore
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_bfloat16_roundtrip(lm, tmp_path):
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import funcnet.store as S
-    from funcnet.record import record
+    from funcnet.data.record import record
     orig = S.ActivationStore.write_rows
     def write_rows(self, layer, signal_, start, rows):
         orig(self, layer, signal_, start, rows)
@@ -191,7 +191,7 @@ def test_record_smollm2(tmp_path):
     mem = collect(lm, "builtin:prose", layers=[29], max_tokens=512)
     np.testing.assert_allclose(a, mem[(29, "neurons")], rtol=2e-2, atol=2e-2)
     # char spans index the corpus text of each token
-    from funcnet.corpus import load_corpus
+    from funcnet.data.corpus import load_corpus
 
     corpus = load_corpus("builtin:prose", split="calib")
     spans, docs = np.asarray(st.tokens["char_spans"]), np.asarray(st.tokens["doc_ids"])

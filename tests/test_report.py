@@ -29,7 +29,7 @@ def _metrics(rng, base=20.0, spread=1.0) -> dict:
 
 
 def _summ(values: list[dict]) -> dict:
-    from funcnet.explore import _summ as summarize
+    from funcnet.experiments._experiments import _summ as summarize
 
     return summarize(values, DOMAINS)
 
@@ -143,7 +143,7 @@ def synthetic_results(out: Path, which=("run", "networks", "anatomy", "lesion", 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     """A full synthetic results folder with its figures drawn (once per module: drawing takes seconds)."""
-    from funcnet.plots import make_figures
+    from funcnet.report.plots import make_figures
 
     res = synthetic_results(tmp_path_factory.mktemp("res"))
     paths = make_figures(res)
@@ -157,7 +157,7 @@ def results(made):
 
 # ---------------------------------------------------------------------------- figures
 def test_make_figures_writes_every_figure(made):
-    from funcnet.plots import FIGURES
+    from funcnet.report.plots import FIGURES
 
     results, paths = made
     made = {p.name for p in paths}
@@ -173,7 +173,7 @@ def test_make_figures_writes_every_figure(made):
 
 
 def test_make_figures_skips_missing_inputs(tmp_path):
-    from funcnet.plots import make_figures
+    from funcnet.report.plots import make_figures
 
     res = synthetic_results(tmp_path / "r", which=("run", "lesion"))
     names = {p.name for p in make_figures(res)}
@@ -182,7 +182,7 @@ def test_make_figures_skips_missing_inputs(tmp_path):
 
 
 def test_make_figures_uses_given_nets(tmp_path, monkeypatch):
-    import funcnet.plots as plots
+    import funcnet.report.plots as plots
 
     res = synthetic_results(tmp_path / "r", which=("run", "anatomy"))
     nets, seen = synthetic_networks(), {}
@@ -200,7 +200,7 @@ def test_make_figures_uses_given_nets(tmp_path, monkeypatch):
 def test_wide_spreads_keep_log_axes_in_range(tmp_path, monkeypatch):
     """sd >= mean (Gemma-3-270M's 15% random lesion: 643 ± 646) must not push the log axis to 1e-9 nor
     draw error bars down to 0: lower ends fall back to the smallest observed value."""
-    import funcnet.plots as plots
+    import funcnet.report.plots as plots
 
     figs = {}
     monkeypatch.setattr(plots, "_save", lambda fig, out_dir, stem: figs.setdefault(stem, fig) and [])
@@ -337,16 +337,15 @@ def test_synthetic_results_match_explore_schemas(tmp_path, monkeypatch):
     import contextlib
     from types import SimpleNamespace
 
-    import funcnet.explore as ex
-    import funcnet.intervene as iv
+    import funcnet.experiments._experiments as ex
 
     rng = np.random.default_rng(0)
     monkeypatch.setattr(ex, "measure", lambda lm, texts, **k: {
         d: {"ppl": float(rng.uniform(10, 50)), "accuracy": 0.3, "n_tokens": 100} for d in texts})
     for name in ("inhibit", "preserve", "amplify"):
-        monkeypatch.setattr(iv, name, lambda *a, **k: contextlib.nullcontext())
-    monkeypatch.setattr(iv, "random_like", lambda sel, lm, seed=0, **k: sel)
-    monkeypatch.setattr(iv, "random_fraction", lambda lm, f, seed=0, **k: {})
+        monkeypatch.setattr(ex, name, lambda *a, **k: contextlib.nullcontext())
+    monkeypatch.setattr(ex, "random_like", lambda sel, lm, seed=0, **k: sel)
+    monkeypatch.setattr(ex, "rand_frac", lambda lm, f, seed=0, **k: {})
     lm = SimpleNamespace(adapter=SimpleNamespace(neurons_per_layer=lambda m: [WIDTH] * N_LAYERS), model=None)
     nets = synthetic_networks()
     texts = {d: ["x"] for d in DOMAINS}
@@ -371,7 +370,7 @@ def test_synthetic_results_match_explore_schemas(tmp_path, monkeypatch):
         mine = json.loads((res / f"{name}.json").read_text())
         assert _shape(mine) == _shape(json.loads(json.dumps(obj))), name
     # and the report renders the real dicts
-    from funcnet._io import write_json
+    from funcnet.core._io import write_json
     from funcnet.report import render_html
 
     out = tmp_path / "real"

@@ -15,10 +15,8 @@ the decoder layers.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -26,7 +24,10 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .errors import FuncnetError
+from funcnet.core.progress import progress_bar
+from funcnet.errors import FuncnetError
+from funcnet.core.models import input_device
+from funcnet.data.corpus import load_corpus
 
 __all__ = ["EvalResult", "perplexity", "evaluate_domains", "lm_eval_tasks", "register_cli"]
 
@@ -65,7 +66,6 @@ def _texts_of(texts_or_corpus) -> list[str]:
     if src is None:
         raise FuncnetError("no texts given to evaluate")
     if isinstance(src, (str, os.PathLike)):
-        from .corpus import load_corpus  # lazy: only needed for specs
 
         src = load_corpus(str(src), split="eval")
     if hasattr(src, "texts"):
@@ -99,7 +99,6 @@ def _unwrap(model_or_loaded, tokenizer):
 
 
 def _input_device(model) -> torch.device:
-    from .models import input_device
 
     return input_device(model)
 
@@ -264,11 +263,8 @@ def perplexity(
     was_training = model.training
     model.eval()
     nll_sum, correct, count = 0.0, 0, 0
-    show = progress and os.environ.get("FUNCNET_NO_PROGRESS") != "1"
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(starts) * window, desc=desc, unit="tok", unit_scale=True, disable=not show,
-               file=sys.stderr, leave=False)
+    bar = progress_bar(total=len(starts) * window, desc=desc, unit="tok", unit_scale=True, enabled=progress,
+                       leave=False)
     t0 = time.perf_counter()
     try:
         with torch.inference_mode():
@@ -381,7 +377,6 @@ def lm_eval_tasks(model_or_loaded, tokenizer=None, tasks: str | Sequence[str] = 
 def _corpus_domains(spec: str, domain: str | None, max_docs: int | None = None) -> dict[str, list[str]]:
     """Evaluation texts per domain of a corpus spec (duck-typed on funcnet.corpus.Corpus:
     documents with ``.domain`` / ``.text``, or ``domains()`` + ``by_domain(name)``)."""
-    from .corpus import load_corpus
 
     kw: dict[str, Any] = {"split": "eval"}
     if max_docs is not None:
@@ -413,83 +408,3 @@ def _corpus_domains(spec: str, domain: str | None, max_docs: int | None = None) 
     return {"all": texts}
 
 
-def _format_table(results: Mapping[str, EvalResult]) -> str:
-    rows = [("domain", "ppl", "acc", "tokens", "windows", "tok/s")]
-    for name, r in results.items():
-        rows.append((name, f"{r.ppl:.3f}", f"{r.accuracy:.4f}", str(r.n_tokens), str(r.n_windows),
-                     f"{r.tokens_per_s:.0f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    return "\n".join(lines)
-
-
-def _cmd_eval(args) -> int:
-    from ._io import write_json
-    from .models import load_model
-
-    lm = load_model(args.model, dtype=args.dtype, device=args.device)
-    results: dict[str, Any] = {}
-    out: dict[str, Any] = {"model": args.model, "identity": lm.identity, "corpus": args.corpus,
-                           "window": args.window, "stride": args.stride, "max_windows": args.max_windows}
-    if args.corpus != "none":
-        domains = _corpus_domains(args.corpus, args.domain)
-        window = args.window if args.window != "context" else "context"
-        results = evaluate_domains(lm, None, domains, window=window, max_windows=args.max_windows,
-                                   batch_size=args.batch_size, stride=args.stride,
-                                   progress=not args.quiet)
-        print(_format_table(results))
-        out["domains"] = {k: v.to_dict() for k, v in results.items()}
-    if args.tasks:
-        res = lm_eval_tasks(lm, None, args.tasks, limit=args.limit, batch_size=args.batch_size,
-                            include_path=args.include_path)
-        out["lm_eval"] = res.get("results", {})
-        for task, metrics in out["lm_eval"].items():
-            shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-            print(f"{task}: {shown}")
-    if args.json:
-        write_json(args.json, json.loads(json.dumps(out, default=str)))
-    return 0
-
-
-def _window_arg(s: str):
-    if s in ("context", "max"):
-        return "context"
-    try:
-        v = int(s)
-    except ValueError:
-        raise FuncnetError(f"--window must be an integer or 'context', got '{s}'") from None
-    return v
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser(
-        "eval",
-        help="perplexity and next-token accuracy per corpus domain (and lm-eval tasks)",
-        description="Token perplexity over non-overlapping windows (documents joined with blank lines, "
-        "tokenized once) and next-token top-1 accuracy, per domain of the corpus's evaluation split.",
-    )
-    p.add_argument("--model", default=None, help="model spec: HF id, folder, .gguf or alias (default smollm2-135m)")
-    p.add_argument("--corpus", default="builtin", help="corpus spec (default builtin; 'none' to skip)")
-    p.add_argument("--domain", default=None, help="evaluate only this domain")
-    p.add_argument("--window", type=_window_arg, default=128, help="window length in tokens, or 'context' (default 128)")
-    p.add_argument("--stride", type=int, default=None, help="window stride (default: window, non-overlapping)")
-    p.add_argument("--max-windows", type=int, default=None, help="evaluate at most N windows per domain")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16 or auto")
-    p.add_argument("--device", default=None, help="e.g. cpu, cuda")
-    p.add_argument("--tasks", default=None, help="comma-separated lm-eval tasks (needs pip install lm-eval)")
-    p.add_argument("--limit", type=float, default=None, help="lm-eval: examples per task")
-    p.add_argument("--include-path", default=None, help="lm-eval: folder of extra task YAML files")
-    p.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_handle_eval)
-
-
-def _handle_eval(args) -> int:
-    if args.model is None:
-        from .models import DEFAULT_MODEL
-
-        args.model = DEFAULT_MODEL
-    if args.limit is not None and args.limit >= 1:
-        args.limit = int(args.limit)
-    return _cmd_eval(args)

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .adapters import ArchAdapter, get_adapter
-from .errors import FuncnetError
+from funcnet.core.adapters import ArchAdapter, get_adapter
+from funcnet.errors import FuncnetError
 
 __all__ = [
     "resolve_neurons", "Intervention", "inhibit", "amplify", "preserve", "intervene",

@@ -3,11 +3,11 @@ size that finishes in about 10 minutes on 2 CPU cores, then the HTML report."""
 from __future__ import annotations
 
 import time
+from funcnet.explore import explore
+from funcnet.report.html import write_report
 
 
 def _cmd_demo(args) -> int:
-    from .explore import explore
-    from .report import write_report
 
     t0 = time.time()
     out = explore(args.model, args.out, size=args.size, seed=args.seed)

@@ -6,22 +6,23 @@ leaves a broken cache.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ._io import atomic_path, cache_dir, file_digest
-from ._io import hub_reachable as _hub_reachable
-from .adapters import ArchAdapter, get_adapter
-from .errors import FuncnetError
+from funcnet.core._io import atomic_path, cache_dir, file_digest
+from funcnet.core._io import hub_reachable as _hub_reachable
+from funcnet.core.adapters import get_adapter
+from funcnet.errors import FuncnetError
+from funcnet.core.loaded import (LoadedModel, _resolve_dtype, count_parameters, input_device,  # noqa: F401
+                                 model_identity, model_summary, wrap_model)
+from funcnet.core.pruned import load_pruned
 
 log = logging.getLogger(__name__)
 
@@ -58,132 +59,6 @@ def _gemma3_gguf() -> Path:
 
 #: Bundled aliases: name -> function returning a GGUF path.
 ALIASES = {"smollm2-135m": _smollm2_gguf, "gemma3-270m": _gemma3_gguf}
-
-
-@dataclass
-class LoadedModel:
-    """A model with its tokenizer and architecture adapter."""
-
-    model: Any
-    tokenizer: Any
-    adapter: ArchAdapter
-    spec: str
-    source: str = ""
-    info: dict = field(default_factory=dict)
-
-    @property
-    def config(self):
-        return self.model.config
-
-    @property
-    def layers(self):
-        return self.adapter.get_layers(self.model)
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.layers)
-
-    @property
-    def input_device(self) -> torch.device:
-        return input_device(self.model)
-
-    @property
-    def identity(self) -> str:
-        return model_identity(self.model)
-
-    def summary(self) -> dict:
-        return model_summary(self.model, self.adapter, spec=self.spec)
-
-    def __iter__(self):  # allow ``model, tok = load_model(...)``
-        yield self.model
-        yield self.tokenizer
-
-
-def input_device(model) -> torch.device:
-    """Where input ids go: the input embeddings' device (``device_map`` models spread over devices),
-    or, for weights offloaded by accelerate (on 'meta'), the execution device of accelerate's hook."""
-    try:
-        emb = model.get_input_embeddings()
-        dev = emb.weight.device
-    except Exception:  # pragma: no cover
-        return next(model.parameters()).device
-    if dev.type != "meta":
-        return dev
-    for mod in (emb, model):
-        hook = getattr(mod, "_hf_hook", None)
-        for h in [hook] + list(getattr(hook, "hooks", []) or []):
-            ex = getattr(h, "execution_device", None)
-            if ex is not None:
-                return torch.device(ex) if not isinstance(ex, int) else torch.device("cuda", ex)
-    return torch.device("cpu")
-
-
-def model_identity(model) -> str:
-    """A short hash naming a model's weights: config shape fields plus samples of a few tensors.
-
-    Cheap (no full pass over the weights) but different for different checkpoints, including a
-    pruned or fine-tuned derivative of the same architecture.
-    """
-    cfg = model.config
-    h = hashlib.sha256()
-    h.update(str(getattr(cfg, "model_type", "")).encode())
-    names = []
-    for name, p in model.named_parameters():
-        names.append(f"{name}:{tuple(p.shape)}")
-    h.update("|".join(names).encode())
-    params = list(model.named_parameters())
-    picks = params[:2] + params[len(params) // 2 : len(params) // 2 + 2] + params[-2:]
-    for name, p in picks:
-        if p.device.type == "meta":
-            continue
-        flat = p.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 4096)][:4096].to("cpu", torch.float32)
-        h.update(sample.numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def count_parameters(model) -> int:
-    seen, total = set(), 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-    return total
-
-
-def model_summary(model, adapter: ArchAdapter | None = None, spec: str = "") -> dict:
-    adapter = adapter or get_adapter(model)
-    hc = adapter.head_config(model)
-    layers = adapter.get_layers(model)
-    return {
-        "spec": spec,
-        "family": adapter.family,
-        "architecture": (getattr(model.config, "architectures", None) or [type(model).__name__])[0],
-        "n_layers": len(layers),
-        "neurons_per_layer": adapter.neurons_per_layer(model),
-        "total_neurons": sum(adapter.neurons_per_layer(model)),
-        "n_heads": hc.n_heads,
-        "n_kv_heads": hc.n_kv_heads,
-        "head_dim": hc.head_dim,
-        "n_parameters": count_parameters(model),
-        "mlp_parameters": sum(adapter.mlp_param_count(l) for l in layers),
-        "attn_parameters": sum(adapter.attn_param_count(l) for l in layers),
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "identity": model_identity(model),
-    }
-
-
-def _resolve_dtype(dtype) -> torch.dtype | str:
-    if dtype is None or dtype == "auto":
-        return torch.float32 if dtype is None else "auto"
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if dtype not in names:
-        raise FuncnetError(f"unknown dtype '{dtype}'; choose from {', '.join(names)} or auto")
-    return names[dtype]
 
 
 def _hub_cached(repo_id: str) -> bool:
@@ -271,7 +146,6 @@ def load_model(
     kind, where = resolve_spec(spec)
     if kind == "folder" and (Path(where) / "modeling_funcnet_pruned.py").exists():
         # a model pruned by funcnet: per-layer widths need funcnet's own modeling file in the folder
-        from .prune import load_pruned
 
         return load_pruned(where, dtype=dtype, device=device)
     torch_dtype = _resolve_dtype(dtype)
@@ -315,10 +189,4 @@ def as_loaded(model_or_spec, tokenizer=None, **kwargs) -> LoadedModel:
         return model_or_spec
     if isinstance(model_or_spec, (str, os.PathLike)):
         return load_model(model_or_spec, **kwargs)
-    model = model_or_spec
-    return LoadedModel(
-        model=model,
-        tokenizer=tokenizer,
-        adapter=get_adapter(model),
-        spec=getattr(model.config, "_name_or_path", "") or type(model).__name__,
-    )
+    return wrap_model(model_or_spec, tokenizer)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+from funcnet.core.models import load_model
+from funcnet.data.store import ActivationStore
 
 
 def _cmd_info(args) -> int:
@@ -9,11 +11,9 @@ def _cmd_info(args) -> int:
 
     target = args.target
     if Path(target).is_dir() and (Path(target) / "manifest.json").exists():
-        from .store import ActivationStore
 
         print(json.dumps(ActivationStore.open(target).summary(), indent=2))
         return 0
-    from .models import load_model
 
     lm = load_model(target, dtype=args.dtype)
     s = lm.summary()

@@ -14,11 +14,14 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from .errors import FuncnetError
-from .models import LoadedModel, as_loaded, input_device
-from .store import ActivationStore, plan_chunks
+from funcnet.core.progress import progress_bar
+from funcnet.errors import FuncnetError
+from funcnet.core.models import LoadedModel, as_loaded, input_device
+from funcnet.data.store import ActivationStore, plan_chunks
+from funcnet._version import __version__
+from funcnet.core.adapters import SIGNALS
+from funcnet.data.corpus import load_corpus, tokenize
 
 RESUME_KEYS = ("model_identity", "tokenized_identity", "signals", "layers", "dtype", "chunk_tokens")
 
@@ -56,7 +59,6 @@ def parse_layers(layers, n_layers: int) -> list[int]:
 
 
 def parse_signals(signals) -> list[str]:
-    from .adapters import SIGNALS
 
     if isinstance(signals, str):
         signals = [s.strip() for s in signals.split(",") if s.strip()]
@@ -71,7 +73,6 @@ def _tokenized(corpus, tokenizer, *, max_length: int, mode: str, max_tokens: int
     """Accept a TokenizedCorpus, a Corpus, a spec string or a list of strings."""
     if hasattr(corpus, "sequences") and hasattr(corpus, "batches"):
         return corpus
-    from .corpus import load_corpus, tokenize
 
     if not hasattr(corpus, "documents"):
         corpus = load_corpus(corpus, split=split)
@@ -141,8 +142,7 @@ def _run_capture(
         todo = [c for c in chunks if c.index not in skip]
         total = sum(c.n_tokens for c in todo)
         t0 = time.perf_counter()
-        bar = tqdm(total=total, unit="tok", unit_scale=True, desc=desc, disable=not progress or
-                   os.environ.get("FUNCNET_NO_PROGRESS") == "1")
+        bar = progress_bar(total=total, unit="tok", unit_scale=True, desc=desc, enabled=progress)
         with torch.inference_mode():
             for chunk in todo:
                 offset = chunk.tok_start
@@ -202,7 +202,6 @@ def record(
     spec, a Corpus, a TokenizedCorpus or a list of strings. With ``resume=True`` an interrupted
     recording continues at its first unfinished chunk (refused if model or corpus differ).
     """
-    from . import __version__
 
     lm = as_loaded(model, tokenizer)
     out = Path(out)
@@ -292,32 +291,3 @@ def collect(
     return {k: np.concatenate(v, axis=0) for k, v in parts.items()}
 
 
-# ---------------------------------------------------------------------------- CLI
-def _cmd_record(args) -> int:
-    store = record(
-        args.model, args.corpus, out=args.out, signals=args.signals, layers=args.layers, split=args.split,
-        max_tokens=args.max_tokens, max_length=args.max_length, mode=args.mode, batch_size=args.batch_size,
-        dtype=args.dtype, resume=args.resume, overwrite=args.overwrite,
-    )
-    s = store.summary()
-    print(f"recorded {s['n_tokens']:,} tokens x {s['layers']} layers ({', '.join(s['signals'])}) "
-          f"from {s['n_documents']} documents -> {s['path']} ({s['size_mb']} MB, {s['dtype']})")
-    return 0
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser("record", help="record neuron activations over a corpus into an on-disk store")
-    p.add_argument("--model", default="smollm2-135m", help="model spec (HF id, folder, .gguf, alias)")
-    p.add_argument("--corpus", default="builtin", help="corpus spec (builtin[:domain], file, folder, wikitext2)")
-    p.add_argument("--split", default="calib", choices=["calib", "eval", "all"])
-    p.add_argument("--signals", default="neurons", help="comma list of neurons,gate,up,residual,heads")
-    p.add_argument("--layers", default="all", help="all, 0-5, or 0,3,-1")
-    p.add_argument("--max-tokens", type=int, default=None)
-    p.add_argument("--max-length", type=int, default=128, help="tokens per document / window")
-    p.add_argument("--mode", default="documents", choices=["documents", "packed"])
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="float16", choices=["float16", "float32", "bfloat16"])
-    p.add_argument("--out", required=True, help="output store folder")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted recording")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
-    p.set_defaults(func=_cmd_record)

@@ -12,16 +12,22 @@ from __future__ import annotations
 import functools
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from ._io import atomic_path
-from .store import SubjectStream
-from .errors import FuncnetError
+from funcnet.core._io import atomic_path
+from funcnet.data.store import SubjectStream
+from funcnet.core.progress import progress_enabled
+from funcnet.errors import FuncnetError
+from funcnet._version import __version__
+from funcnet.core._io import cache_dir, sha256_text
+from funcnet.core.models import as_loaded, model_identity
+from funcnet.data.record import record
+from funcnet.data.store import ActivationStore
+from funcnet.networks.canica import fit_many
 
 FORMAT = "funcnet-networks"
 FORMAT_VERSION = 1
@@ -233,7 +239,6 @@ class FunctionalNetworks:
         """Write one safetensors file (maps, columns, stability) with JSON metadata, atomically."""
         from safetensors.numpy import save_file
 
-        from . import __version__
 
         path = Path(path)
         tensors, decs = {}, []
@@ -285,7 +290,6 @@ class FunctionalNetworks:
         return nets
 
     def check_model(self, model) -> None:
-        from .models import as_loaded, model_identity
 
         mdl = model.model if hasattr(model, "adapter") else model
         ident = model_identity(mdl)
@@ -297,6 +301,28 @@ class FunctionalNetworks:
         lm = as_loaded(model)
         if lm.adapter.neurons_per_layer(lm.model) != list(self.neurons_per_layer):
             raise FuncnetError("these networks do not fit this model's layer widths")
+
+    def comembership(self, layer: int, width: int | None = None, *, threshold: float = 3.6,
+                     signal: str = "neurons") -> np.ndarray:
+        """[width, width] float64 co-membership strength of the ``signal`` units of ``layer``: the sum,
+        over every map (of every group) in which both units are key (|z| > threshold), of |z_a| |z_b|;
+        zero for pairs that share no functional network."""
+        if width is None:
+            width = int(self.neurons_per_layer[layer])
+        s_idx = self.signals.index(signal) if signal in self.signals else 0
+        rows = []
+        for d in self.decompositions:
+            sel = (d.columns[:, 0] == layer) & (d.columns[:, 1] == s_idx)
+            if not sel.any():
+                continue
+            z = np.zeros((d.k, width), np.float64)
+            z[:, d.columns[sel, 2]] = np.abs(d.maps[:, sel])
+            z[z <= threshold] = 0.0
+            rows.append(z)
+        if not rows:
+            return np.zeros((width, width))
+        Z = np.concatenate(rows)
+        return Z.T @ Z
 
     def summary(self, top: int = 10, min_stability: float | None = None, **thr) -> str:
         """A plain-text summary table."""
@@ -402,7 +428,6 @@ def decompose(
     groups of ``group_size`` texts, each decomposed separately (the reference unions 80 x 40).
     With ``checkpoint`` (a folder), every finished group is saved and a re-run skips it.
     """
-    from .ica import fit_many
 
     store = source
     if not hasattr(store, "source"):
@@ -425,7 +450,7 @@ def decompose(
                   device=device, **ica_params)
 
     decs: list[Decomposition] = []
-    show = progress and os.environ.get("FUNCNET_NO_PROGRESS") != "1"
+    show = progress_enabled(progress)
     for g, docs in enumerate(groups):
         gfile = ckpt / f"group_{g:04d}.safetensors" if ckpt else None
         if gfile is not None and gfile.exists():
@@ -489,9 +514,6 @@ def ensure_store(model, corpus: str, *, store: str | None, signals, layers="all"
                  max_tokens: int | None = None, max_length: int = 128, batch_size: int = 8):
     """Open ``store`` if it is complete, else record it (resuming). Without ``store``, a cached store
     keyed by model, corpus and recording parameters is reused across runs."""
-    from ._io import cache_dir, sha256_text
-    from .record import record
-    from .store import ActivationStore
 
     if store and Path(store, "manifest.json").exists():
         st = ActivationStore.open(store)
@@ -516,142 +538,3 @@ def ensure_store(model, corpus: str, *, store: str | None, signals, layers="all"
         return record(model, corpus, out=cached, overwrite=True, **kw)
 
 
-def _cmd_networks(args) -> int:
-    from .models import load_model
-    from .record import parse_signals
-
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FuncnetError(f"output file {out} exists; pass --overwrite to replace it")
-    lm = load_model(args.model)
-    sig = parse_signals(args.signals)
-    t0 = time.time()
-    store = ensure_store(lm, args.corpus, store=args.store, signals=sig, layers=args.layers, split=args.split,
-                         max_tokens=args.max_tokens, max_length=args.max_length)
-    t1 = time.time()
-    nets = decompose(store, mode=args.mode, n_components=args.n_components, signals=sig, window=args.window,
-                     n_groups=args.groups, group_size=args.group_size, method=args.method, n_init=args.n_init,
-                     random_state=args.seed, device=args.device, checkpoint=args.checkpoint, tol=args.tol,
-                     model_identity=lm.identity, neurons_per_layer=lm.adapter.neurons_per_layer(lm.model))
-    t2 = time.time()
-    nets.save(out)
-    thr = dict(threshold=args.threshold, positive_only=args.positive_only)
-    print(nets.summary(top=args.top, min_stability=args.min_stability, **thr))
-    print(f"recording {t1 - t0:.1f} s, decomposition {t2 - t1:.1f} s -> {out}")
-    return 0
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser("networks", help="find functional networks (group ICA) and save them")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--corpus", default="builtin")
-    p.add_argument("--split", default="calib", choices=["calib", "eval", "all"])
-    p.add_argument("--store", default=None, help="activation store to reuse (recorded there if missing)")
-    p.add_argument("--signals", default="neurons")
-    p.add_argument("--layers", default="all")
-    p.add_argument("--max-tokens", type=int, default=16384)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--n-components", "-k", type=int, default=64)
-    p.add_argument("--mode", default="per-layer", choices=list(MODES))
-    p.add_argument("--window", type=int, default=3, help="layers per window in window mode")
-    p.add_argument("--groups", type=int, default=None, help="number of text groups (each decomposed separately)")
-    p.add_argument("--group-size", type=int, default=None, help="texts per group")
-    p.add_argument("--method", default="canica", choices=["canica", "reference"])
-    p.add_argument("--n-init", type=int, default=10)
-    p.add_argument("--tol", type=float, default=1e-4,
-                   help="FastICA tolerance (scikit-learn's and the papers' 1e-4; 1e-3 is about 1.5x faster, docs/ica.md)")
-    p.add_argument("--threshold", type=float, default=3.6)
-    p.add_argument("--positive-only", action="store_true")
-    p.add_argument("--min-stability", type=float, default=None)
-    p.add_argument("--checkpoint", default=None, help="folder for per-group results (resumable)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top", type=int, default=10, help="rows in the summary table")
-    p.add_argument("--out", required=True, help="output .safetensors file")
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=_cmd_networks)
-
-
-# ---------------------------------------------------------------------------- pruning support
-#: functional-network scores of :func:`pruning_importance`; the "fn-flap*" ones also need ``lm`` and ``stats``
-FN_SCORES = ("max_abs_z", "max_pos_z", "frequency", "fn-flap", "fn-flap-freq", "fn-wanda")
-FN_STATS_SCORES = ("fn-flap", "fn-flap-freq", "fn-wanda")
-#: the score of pruning method "fn" when the model and calibration statistics are given (else "max_abs_z");
-#: chosen on held-out calibration text (docs/pruning.md)
-DEFAULT_FN_SCORE = "fn-flap"
-
-
-def pruning_importance(networks: FunctionalNetworks, lm=None, *, score: str | None = None, threshold: float = 3.6,
-                       min_stability: float | None = None, stats=None, z_power: float = 1.0,
-                       **_) -> dict[int, np.ndarray]:
-    """Per-layer functional-network importance of every MLP neuron (higher = keep).
-
-    score "max_abs_z": the largest |z| the neuron reaches in any map of any group; "max_pos_z":
-    the largest positive z; "frequency": in how many (map, group) pairs the neuron is key
-    (|z| > threshold), ties broken by max |z|. Layers without any decomposition get score 0.
-
-    The maps are decompositions of standardized activations, so these scores ignore each neuron's
-    scale and outgoing weights, which is what sets the output error of removing it (after bias
-    compensation that error is W[:, j] (x_j - mean_j), of expected squared norm FLAP's WIFV =
-    Var(x_j) ||W[:, j]||^2). "fn-flap" weights that error by network membership:
-    ``WIFV_j * max|z|_j ** z_power``; "fn-flap-freq": ``WIFV_j * (1 + frequency_j)``; "fn-wanda":
-    Wanda-sp's ``mean|W[:, j]| * ||x_j||`` times ``max|z|_j ** z_power``. All three need
-    ``lm`` and calibration ``stats`` (:func:`funcnet.prune.calibration_stats`).
-
-    ``score=None`` (what ``prune(method="fn")`` uses) is :data:`DEFAULT_FN_SCORE` when ``lm`` and
-    ``stats`` are given, else the pure network score "max_abs_z".
-    """
-    if score is None:
-        score = DEFAULT_FN_SCORE if (lm is not None and stats is not None) else "max_abs_z"
-    if score in ("max_abs_z", "max_pos_z"):
-        return {l: v.astype(np.float64) for l, v in
-                networks.score_per_neuron(positive_only=score == "max_pos_z", min_stability=min_stability).items()}
-    if score == "frequency":
-        freq = networks.key_frequency(min_stability=min_stability, threshold=threshold)
-        mx = networks.score_per_neuron(min_stability=min_stability)
-        return {l: freq[l] + mx[l] / (1.0 + mx[l].max(initial=0.0)) for l in freq}
-    if score in FN_STATS_SCORES:
-        if lm is None or stats is None:
-            raise FuncnetError(f"functional-network score '{score}' needs the model and calibration statistics")
-        from .models import as_loaded
-        from .prune import imp_flap, imp_wanda_sp
-
-        base = imp_wanda_sp if score == "fn-wanda" else imp_flap
-        wifv = base(as_loaded(lm), stats).neurons
-        if score in ("fn-flap", "fn-wanda"):
-            net = networks.score_per_neuron(min_stability=min_stability)
-            net = {l: v.astype(np.float64) ** float(z_power) for l, v in net.items()}
-        else:
-            net = {l: 1.0 + v for l, v in networks.key_frequency(min_stability=min_stability,
-                                                                   threshold=threshold).items()}
-        return {l: wifv[l] * net[l] if l in wifv else net[l] for l in net}
-    raise FuncnetError(f"unknown functional-network score '{score}'; choose from {', '.join(FN_SCORES)}")
-
-
-def pruning_keep_masks(networks: FunctionalNetworks, lm=None, *, threshold: float = 3.6, positive_only: bool = False,
-                       min_stability: float | None = None, **_) -> dict[int, np.ndarray]:
-    """The reference rule: keep the union of all key neurons (|z| > threshold) over all maps and
-    groups. Layers that were not decomposed are kept whole."""
-    covered = {int(l) for d in networks.decompositions for l in np.unique(d.columns[:, 0])}
-    masks = networks.masks(min_stability=min_stability, threshold=threshold, positive_only=positive_only)
-    return {l: (m if l in covered else np.ones_like(m)) for l, m in masks.items()}
-
-
-def networks_for_pruning(lm, calib="builtin", *, n_groups: int = 4, group_size: int = 16, n_components: int = 64,
-                         max_length: int = 128, method: str = "reference", n_init: int = 1, signals=("neurons",),
-                         store: str | None = None, seed: int = 0, progress: bool = True, **ica) -> FunctionalNetworks:
-    """Per-layer functional networks of ``lm`` from ``n_groups`` groups of ``group_size`` calibration
-    texts (the reference: 80 groups of 40 texts, k = 128, one ICA run per group and layer)."""
-    from .corpus import load_corpus, tokenize
-
-    corpus = calib if hasattr(calib, "documents") else load_corpus(calib, split="calib")
-    need = n_groups * group_size
-    if len(corpus) < need:
-        raise FuncnetError(f"calibration text too short: {n_groups} groups x {group_size} texts needs {need} "
-                           f"documents, the corpus has {len(corpus)}")
-    pick = np.sort(np.random.default_rng(seed).choice(len(corpus), need, replace=False))
-    tok = tokenize(corpus.subset(pick), lm.tokenizer, max_length=max_length, mode="documents")
-    st = ensure_store(lm, tok, store=store, signals=list(signals))
-    return decompose(st, mode="per-layer", n_components=n_components, n_groups=n_groups, group_size=group_size,
-                     method=method, n_init=n_init, signals=list(signals), random_state=seed, progress=progress,
-                     model_identity=lm.identity, neurons_per_layer=lm.adapter.neurons_per_layer(lm.model), **ica)

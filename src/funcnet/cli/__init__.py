@@ -1,32 +1,21 @@
-"""The ``funcnet`` command line. Each module that offers commands exposes ``register_cli(subparsers)``;
-this file only collects them and turns :class:`FuncnetError` into one clear line and exit code 2."""
+"""The ``funcnet`` command line: thin commands over the library. Each module of this package adds
+its subcommands with ``register(subparsers)``; this one collects them and turns
+:class:`FuncnetError` into one clear line and exit code 2."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
-import os
 import sys
 
-from .errors import FuncnetError
+from funcnet._version import __version__
+from funcnet.cli import demo, evaluate, explore, fingerprint, info, networks, prune, record, report
+from funcnet.errors import FuncnetError
 
-#: Modules that add subcommands (each has ``register_cli(subparsers)``).
-COMMAND_MODULES = [
-    "funcnet.models_cli",
-    "funcnet.record",
-    "funcnet.networks",
-    "funcnet.explore",
-    "funcnet.evaluate",
-    "funcnet.prune",
-    "funcnet.fingerprint",
-    "funcnet.report",
-    "funcnet.demo",
-]
+#: command modules, in the order of ``funcnet --help``
+COMMAND_MODULES = [info, record, networks, explore, evaluate, prune, fingerprint, report, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(
         prog="funcnet",
         description="Functional networks of neurons in LLMs: record, decompose (group ICA), intervene, prune, fingerprint.",
@@ -34,13 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"funcnet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logging and tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # module not written yet
-                continue
-            raise
+    for mod in COMMAND_MODULES:
         mod.register_cli(sub)
     return parser
 

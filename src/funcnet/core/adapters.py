@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .errors import FuncnetError, UnsupportedArchitectureError
+from funcnet.errors import FuncnetError, UnsupportedArchitectureError
 
 #: Signals funcnet can record per layer.
 SIGNALS = ("neurons", "gate", "up", "residual", "heads")

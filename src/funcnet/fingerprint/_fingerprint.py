@@ -36,13 +36,19 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from ._io import json_default
-from .errors import FuncnetError
+from funcnet.core._io import json_default
+from funcnet.errors import FuncnetError
+from funcnet._version import __version__
+from funcnet.core._io import atomic_path
+from funcnet.core.models import as_loaded
+from funcnet.data.corpus import Corpus, Document, tokenize
+from funcnet.data.record import collect
+from funcnet.networks.canica import CanICA, ICAConvergenceWarning
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +232,6 @@ def _ica_maps(Z: np.ndarray, k: int, seeds: Sequence[int]) -> list[np.ndarray]:
     :class:`funcnet.ica.CanICA` (units are the samples: spatial ICA)."""
     import warnings
 
-    from .ica import CanICA, ICAConvergenceWarning
 
     out = []
     data = Z
@@ -290,7 +295,6 @@ class Profile:
     def save(self, path: str | os.PathLike) -> Path:
         from safetensors.numpy import save_file
 
-        from ._io import atomic_path
 
         path = Path(path)
         ku_flat, ku_off = [], [0]
@@ -361,7 +365,6 @@ class Profile:
 
 
 def _version() -> str:
-    from . import __version__
 
     return __version__
 
@@ -411,8 +414,6 @@ def read_probes(path: str | os.PathLike) -> list[str]:
 
 def _record(lm, probes: list[str], signals: str, max_length: int):
     """Token activations [T, F] of all layers, token spans, and per-probe token ranges."""
-    from .corpus import Corpus, Document, tokenize
-    from .record import collect
 
     corpus = Corpus("fingerprint-probes", [Document(t, i, f"probe:{i}", "text") for i, t in enumerate(probes)])
     if lm.tokenizer is None:
@@ -504,7 +505,6 @@ def profile(
 
 def _profile(model, probes, *, tokenizer, signals, n_components, n_seeds, threshold, max_length, units, seed,
              keep) -> Profile:
-    from .models import as_loaded
 
     t0 = time.perf_counter()
     if signals not in SIGNAL_CHOICES:
@@ -701,7 +701,6 @@ class FingerprintResult:
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         s = json.dumps(self.to_dict(), indent=2, default=json_default)
         if path is not None:
-            from ._io import atomic_path
 
             with atomic_path(path) as tmp:
                 tmp.write_text(s)
@@ -726,8 +725,6 @@ class FingerprintResult:
         for p in self.pairs[:n_pairs]:
             lines.append(f"  {p['victim']:>8}  {p['suspect']:>8}  {p['rho']:+.3f}")
         return "\n".join(lines)
-
-
 
 
 def _pooled(prof: Profile) -> list[np.ndarray]:
@@ -1009,7 +1006,6 @@ def plot_matched(result: FingerprintResult, path: str | os.PathLike, n: int = 4)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ._io import atomic_path
 
     curves = result.curves[:n]
     if not curves:
@@ -1034,167 +1030,3 @@ def plot_matched(result: FingerprintResult, path: str | os.PathLike, n: int = 4)
     return path
 
 
-# =============================================================================== derived suspects
-# Function-preserving and near-function-preserving edits of a model, used by the tests and the
-# robustness suite (and by users who want to check that the tool sees through them).
-@torch.no_grad()
-def permute_neurons(model, seed: int = 0):
-    """Permute every MLP's neurons (rows of gate/up or fc_in, columns of down) in place."""
-    from .adapters import get_adapter, weight_out_in
-
-    ad = get_adapter(model)
-    g = torch.Generator().manual_seed(seed)
-    for layer in ad.get_layers(model):
-        n = ad.n_neurons(layer)
-        perm = torch.randperm(n, generator=g)
-        for path in (ad.gate, ad.up):
-            if path is None:
-                continue
-            mod = ad.module(layer, path)
-            w = weight_out_in(mod)
-            w.copy_(w[perm])
-            if getattr(mod, "bias", None) is not None:
-                mod.bias.copy_(mod.bias[perm])
-        if ad.gate_up is not None:
-            w = weight_out_in(ad.module(layer, ad.gate_up))
-            w.copy_(torch.cat([w[:n][perm], w[n:][perm]]))
-        dw = weight_out_in(ad.down_proj(layer))
-        dw.copy_(dw[:, perm])
-    return model
-
-
-@torch.no_grad()
-def permute_heads(model, seed: int = 0):
-    """Permute attention heads: key/value groups as a whole, and query heads within each group
-    (separate q/k/v projections only; other layouts are left unchanged)."""
-    from .adapters import get_adapter, weight_out_in
-
-    ad = get_adapter(model)
-    if ad.q is None or ad.k is None or ad.v is None:
-        return model
-    hc = ad.head_config(model)
-    g = torch.Generator().manual_seed(seed + 1)
-    d = hc.head_dim
-    for layer in ad.get_layers(model):
-        gperm = torch.randperm(hc.n_kv_heads, generator=g)
-        qheads = []
-        for grp in gperm.tolist():
-            within = torch.randperm(hc.group_size, generator=g)
-            qheads += [grp * hc.group_size + int(i) for i in within]
-        qrows = torch.cat([torch.arange(h * d, (h + 1) * d) for h in qheads])
-        kvrows = torch.cat([torch.arange(h * d, (h + 1) * d) for h in gperm.tolist()])
-        for path, rows in ((ad.q, qrows), (ad.k, kvrows), (ad.v, kvrows)):
-            mod = ad.module(layer, path)
-            w = weight_out_in(mod)
-            w.copy_(w[rows])
-            if getattr(mod, "bias", None) is not None:
-                mod.bias.copy_(mod.bias[rows])
-        # per-head norms (qwen3 / gemma3 q_norm, k_norm) act per head_dim: shared across heads
-        ow = weight_out_in(ad.module(layer, ad.o_proj))
-        ow.copy_(ow[:, qrows])
-    return model
-
-
-@torch.no_grad()
-def rescale_neurons(model, low: float = 0.5, high: float = 2.0, seed: int = 0):
-    """Scale each gated MLP neuron's up row by c and its down column by 1/c (function-preserving)."""
-    from .adapters import get_adapter, weight_out_in
-
-    ad = get_adapter(model)
-    if not ad.gated or ad.up is None:
-        raise FuncnetError("rescale_neurons needs a gated MLP with a separate up projection")
-    g = torch.Generator().manual_seed(seed + 2)
-    for layer in ad.get_layers(model):
-        n = ad.n_neurons(layer)
-        c = torch.exp(torch.empty(n).uniform_(math.log(low), math.log(high), generator=g))
-        up = ad.module(layer, ad.up)
-        weight_out_in(up).mul_(c[:, None])
-        if getattr(up, "bias", None) is not None:
-            up.bias.mul_(c)
-        weight_out_in(ad.down_proj(layer)).div_(c[None, :])
-    return model
-
-
-@torch.no_grad()
-def quantize_int8(model):
-    """Round-trip every 2-D weight (except embeddings) through symmetric per-output-channel int8."""
-    for name, p in model.named_parameters():
-        if p.dim() != 2 or "embed" in name or "wte" in name or "wpe" in name or "lm_head" in name:
-            continue
-        scale = p.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0
-        p.copy_(torch.round(p / scale).clamp(-127, 127) * scale)
-    return model
-
-
-@torch.no_grad()
-def prune_lowest_norm(model, ratio: float):
-    """Emulated structured pruning: zero the ``ratio`` MLP neurons of each layer with the lowest
-    ||up row|| * ||down column|| (weights zeroed, shapes kept)."""
-    from .adapters import get_adapter, weight_out_in
-
-    ad = get_adapter(model)
-    for layer in ad.get_layers(model):
-        n = ad.n_neurons(layer)
-        dw = weight_out_in(ad.down_proj(layer))
-        inp = weight_out_in(ad.mlp_input_module(layer))
-        imp = dw.norm(dim=0) * inp[:n].norm(dim=1)
-        if ad.gated and ad.up is not None:
-            imp = imp * weight_out_in(ad.module(layer, ad.up)).norm(dim=1)
-        drop = torch.argsort(imp)[: int(round(ratio * n))]
-        dw[:, drop] = 0
-        for path in (ad.gate, ad.up):
-            if path is not None:
-                weight_out_in(ad.module(layer, path))[drop] = 0
-    return model
-
-
-# =============================================================================== CLI
-def _cmd_profile(args) -> int:
-    probes = read_probes(args.probes) if args.probes else None
-    prof = profile(args.model, probes, signals=args.signals, n_components=args.n_components,
-                   n_seeds=args.n_seeds, threshold=args.threshold, max_length=args.max_length, seed=args.seed)
-    prof.save(args.out)
-    size = Path(args.out).stat().st_size
-    print(f"profile of {prof.model['spec']}: {len(prof.probes)} probes, {prof.meta['n_tokens']} tokens, "
-          f"{prof.n_seeds} seeds x {prof.n_networks} networks ({prof.params['signals']}, {prof.model['n_units']} units) "
-          f"-> {args.out} ({size / 1024:.0f} KiB, {prof.meta['timing_s']['total']:.1f} s)")
-    return 0
-
-
-def _cmd_compare(args) -> int:
-    res = compare(args.profile, args.model, n_null=args.n_null, alpha=args.alpha)
-    if args.json:
-        res.to_json(args.json)
-    if args.plot:
-        plot_matched(res, args.plot)
-    print(res.summary(n_pairs=args.top_pairs))
-    print(f"\n({res.timing['total_s']:.1f} s)")
-    return 0
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser("fingerprint", help="functional-network fingerprints: is a suspect model derived from a victim?")
-    sp = p.add_subparsers(dest="fingerprint_command", metavar="{profile,compare}")
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
-
-    pp = sp.add_parser("profile", help="record a victim model's networks on probe texts into a profile file")
-    pp.add_argument("--model", default="smollm2-135m", help="victim model spec (HF id, folder, .gguf, alias)")
-    pp.add_argument("--out", required=True, help="output profile file (e.g. victim.fnf)")
-    pp.add_argument("--probes", default=None, help="probe texts: .jsonl or text file with blank-line separated texts")
-    pp.add_argument("--signals", default="residual", choices=list(SIGNAL_CHOICES))
-    pp.add_argument("--n-components", type=int, default=None, help="networks per ICA seed (default 64, capped by data)")
-    pp.add_argument("--n-seeds", type=int, default=3)
-    pp.add_argument("--threshold", type=float, default=3.6, help="key units: map z above this")
-    pp.add_argument("--max-length", type=int, default=256)
-    pp.add_argument("--seed", type=int, default=0)
-    pp.set_defaults(func=_cmd_profile)
-
-    pc = sp.add_parser("compare", help="compare a victim profile with a suspect model: score, p-value, verdict")
-    pc.add_argument("profile", help="victim profile file from `funcnet fingerprint profile`")
-    pc.add_argument("--model", required=True, help="suspect model spec")
-    pc.add_argument("--json", default=None, help="write the full result as JSON here")
-    pc.add_argument("--plot", default=None, help="write a plot of the best matched time courses (PNG)")
-    pc.add_argument("--n-null", type=int, default=200)
-    pc.add_argument("--alpha", type=float, default=ALPHA)
-    pc.add_argument("--top-pairs", type=int, default=10, help="matched pairs to print")
-    pc.set_defaults(func=_cmd_compare)

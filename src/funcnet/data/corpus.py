@@ -67,9 +67,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ._io import hub_reachable as _hub_reachable
-from ._io import sha256_text
-from .errors import FuncnetError
+from funcnet.core._io import hub_reachable as _hub_reachable
+from funcnet.core._io import sha256_text
+from funcnet.errors import FuncnetError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

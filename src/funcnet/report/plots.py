@@ -16,8 +16,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ._io import atomic_path
-from .errors import FuncnetError
+from funcnet.core._io import atomic_path
+from funcnet.errors import FuncnetError
+from funcnet.experiments._experiments import top_networks
+from funcnet.networks.functional import FunctionalNetworks
 
 DPI = 150
 DEFAULT_THRESHOLD = 3.6
@@ -59,7 +61,6 @@ def load_networks(results_dir: str | os.PathLike):
     p = Path(results_dir) / "networks.safetensors"
     if not p.exists():
         return None
-    from .networks import FunctionalNetworks
 
     return FunctionalNetworks.load(p)
 
@@ -83,7 +84,6 @@ def top_network_ids(res: dict, nets=None, n: int = 8) -> list[int]:
         if ids:
             return ids[:MAX_NETWORKS]
     if nets is not None and nets.n_networks:
-        from .explore import top_networks
 
         return top_networks(nets, n, threshold=threshold_of(res))
     return []

@@ -24,8 +24,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ._io import write_json
-from .errors import FuncnetError
+from funcnet.core._io import write_json
+from funcnet.errors import FuncnetError
 
 FORMAT = "funcnet-activation-store"
 FORMAT_VERSION = 1

@@ -18,8 +18,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .adapters import ArchAdapter, HeadConfig, _get, is_conv1d, weight_out_in
-from .errors import FuncnetError
+from funcnet.core.adapters import ArchAdapter, HeadConfig, _get, is_conv1d, weight_out_in
+from funcnet.errors import FuncnetError
 
 #: adapter fields naming projections that pruning may reshape
 MODULE_FIELDS = ("gate", "up", "gate_up", "down", "q", "k", "v", "qkv", "o_proj")
@@ -285,3 +285,22 @@ def funcnet_apply_spec(model, spec):
                     setattr(attn.config, k, v)
             attn._funcnet_heads = tuple(attn_spec["heads"])
     return model
+
+
+def update_config(lm) -> None:
+    """Record per-layer shapes in the model config (what the saved modeling file rebuilds)."""
+    ad, cfg = lm.adapter, lm.model.config
+    layers = lm.layers
+    specs = [layer_spec(ad, l) for l in layers]
+    hcs = [layer_head_config(ad, lm.model, l) for l in layers]
+    cfg.funcnet_pruned = {"layers_path": layers_path(ad, lm.model), "layers": specs}
+    cfg.intermediate_sizes = [ad.n_neurons(l) for l in layers]
+    cfg.num_attention_heads_per_layer = [h.n_heads for h in hcs]
+    cfg.num_key_value_heads_per_layer = [h.n_kv_heads for h in hcs]
+    cfg.mlp_bias_per_layer = [not bias_missing(l, ad.down) for l in layers]
+    cfg.o_bias_per_layer = [not bias_missing(l, ad.o_proj) for l in layers]
+
+
+def bias_missing(layer, path) -> bool:
+    """True when the module at ``path`` of ``layer`` has no bias."""
+    return getattr(layer.get_submodule(path), "bias", None) is None

@@ -17,10 +17,10 @@ from typing import Iterable
 
 import numpy as np
 
-from ._io import atomic_path
-from .errors import FuncnetError
-from .plots import DPI, FIGURES, RESULT_FILES, load_networks, load_results, make_figures, network_color, threshold_of, \
-    top_network_ids
+from funcnet.core._io import atomic_path
+from funcnet.errors import FuncnetError
+from funcnet.report.plots import DPI, FIGURES, RESULT_FILES, load_networks, load_results, make_figures, network_color, threshold_of, top_network_ids
+from funcnet._version import __version__
 
 CSS = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;font-size:14px;line-height:1.45;color:#222;
@@ -430,7 +430,6 @@ def _figures_stale(d: Path, res: dict, have_nets: bool) -> bool:
 
 def render_html(results_dir: str | os.PathLike) -> str:
     """The report page as a string (figures must already exist to be embedded)."""
-    from . import __version__
 
     d = Path(results_dir)
     res = load_results(d)
@@ -483,15 +482,3 @@ def write_report(results_dir: str | os.PathLike, out: str | os.PathLike | None =
     return out
 
 
-# ---------------------------------------------------------------------------- CLI
-def _cmd_report(args) -> int:
-    path = write_report(args.results_dir, args.out)
-    print(f"report: {path}")
-    return 0
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser("report", help="write one self-contained HTML page (and PNG/SVG figures) of a results folder")
-    p.add_argument("results_dir", metavar="RESULTS_DIR", help="folder written by `funcnet explore` or the experiments")
-    p.add_argument("--out", default=None, help="HTML file to write (default: RESULTS_DIR/report.html)")
-    p.set_defaults(func=_cmd_report)

@@ -48,17 +48,17 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from .errors import FuncnetError
+from funcnet.core.progress import progress_enabled
+from funcnet.errors import FuncnetError
 
 __all__ = [
     "CanICA",
@@ -122,13 +122,6 @@ def _svd(A: torch.Tensor):
 
 
 # ============================================================================ small helpers
-def _progress_enabled() -> bool:
-    if os.environ.get("FUNCNET_NO_PROGRESS") == "1":
-        return False
-    try:
-        return sys.stderr.isatty()
-    except Exception:  # pragma: no cover
-        return False
 
 
 def _resolve_seed(random_state) -> int:
@@ -1197,7 +1190,7 @@ def fit_many(inputs: Sequence[Any], estimator_params: dict | None = None, *, n_j
     if n_jobs is None:
         n_jobs = min(len(inputs), os.cpu_count() or 1) if on_cpu else len(devs)
     n_jobs = max(1, int(n_jobs))
-    show = _progress_enabled() if progress is None else progress
+    show = progress_enabled() if progress is None else progress
 
     def one(i: int) -> CanICA:
         x = inputs[i]

@@ -1,0 +1,96 @@
+"""`funcnet prune`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from funcnet.core.models import load_model
+from funcnet.core.pruned import save_pruned
+from funcnet.errors import FuncnetError
+from funcnet.prune import (ALLOCATIONS, COMPENSATIONS, DEFAULT_COMPENSATION, DEFAULT_MAX_COVARIANCE_BYTES,
+                           DEFAULT_RIDGE, DENOMINATORS, METHODS, prune)
+
+
+# =============================================================================================
+# 7. CLI
+# =============================================================================================
+def _fmt(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n:,}"
+
+
+def summary_lines(report: dict) -> list[str]:
+    b, a = report["params_before"], report["params_after"]
+    widths = report["kept_neurons_per_layer"]
+    rows = [("method", f"{report['method']} ({report['allocation']} allocation)"),
+            ("target ratio", f"{report['ratio']} of {report['denominator']} parameters"
+             if report["ratio"] is not None else "threshold rule"),
+            ("achieved ratio", f"{report['achieved_ratio']:.4f} of {report['denominator']}")]
+    for k in DENOMINATORS[::-1]:
+        rows.append((f"params {k}", f"{_fmt(b[k])} -> {_fmt(a[k])}  (-{(b[k] - a[k]) / b[k]:.2%})"))
+    rows.append(("MLP widths", f"{min(widths)}..{max(widths)}"))
+    hp = report.get("kept_heads_per_layer") or []
+    if hp:
+        rows.append(("heads per layer", f"{min(hp)}..{max(hp)}"))
+    rows.append(("compensation", report.get("compensation") or ("bias" if report["bias_compensation"] else "none")))
+    rows.append(("protected layers", ",".join(map(str, report["protected_layers"])) or "none"))
+    w = max(len(k) for k, _ in rows)
+    return [f"{k:<{w}}  {v}" for k, v in rows]
+
+
+def _cmd_prune(args) -> int:
+
+    if not (0.0 < args.ratio < 1.0) and args.method != "fn-threshold":
+        raise FuncnetError(f"--ratio must be in (0, 1), got {args.ratio}")
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FuncnetError(f"output folder '{out}' exists; pass --overwrite to replace it")
+    lm = load_model(args.model, dtype=args.dtype)
+    kw = {}
+    if args.threshold is not None:
+        kw["threshold"] = args.threshold
+    if args.method in ("fn", "fn-threshold") and not args.networks:
+        kw.update(n_groups=args.groups, group_size=args.group_size, n_components=args.n_components)
+    res = prune(
+        lm, args.ratio, of=args.of, method=args.method, calib=args.calib, calib_tokens=args.calib_tokens,
+        batch_size=args.batch_size, heads=args.heads, bias_compensation=not args.no_bias_compensation,
+        compensation="none" if args.no_bias_compensation else args.compensation, ridge=args.ridge,
+        max_covariance_bytes=int(args.max_covariance_gb * 2**30),
+        allocation=args.allocation, protect=args.protect, seed=args.seed, networks=args.networks, **kw,
+    )
+    save_pruned(res.lm, lm.tokenizer, out, res.report, overwrite=args.overwrite)
+    for line in summary_lines(res.report):
+        print(line)
+    print(f"saved to {out}")
+    return 0
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser("prune", help="prune MLP neurons (and heads) to an exact size and save a smaller model")
+    p.add_argument("--model", default="smollm2-135m", help="model spec (HF id, folder, .gguf or alias)")
+    p.add_argument("--ratio", type=float, default=0.2, help="fraction of parameters to remove (0 < r < 1)")
+    p.add_argument("--of", choices=DENOMINATORS, default="mlp", help="denominator of the ratio")
+    p.add_argument("--method", choices=list(METHODS), default="flap")
+    p.add_argument("--heads", action="store_true", help="also prune attention heads (whole key/value groups)")
+    p.add_argument("--compensation", choices=COMPENSATIONS, default=None,
+                   help=f"how removed neurons are compensated (default {DEFAULT_COMPENSATION}): none, bias (FLAP's "
+                        "mean), ls (least-squares reconstruction from all kept neurons), ls-fn (from kept "
+                        "members of the neuron's functional networks)")
+    p.add_argument("--ridge", type=float, default=DEFAULT_RIDGE, help="ridge of ls / ls-fn, relative to variances")
+    p.add_argument("--max-covariance-gb", type=float, default=DEFAULT_MAX_COVARIANCE_BYTES / 2**30,
+                   help="ls / ls-fn: memory for covariance statistics; above it layers are done in chunks")
+    p.add_argument("--no-bias-compensation", action="store_true", help="= --compensation none")
+    p.add_argument("--allocation", choices=ALLOCATIONS, default=None,
+                   help="global ranking (adaptive widths) or uniform per layer (default: the method's own)")
+    p.add_argument("--protect", default="3,2", help="FIRST,LAST layers kept whole (default 3,2)")
+    p.add_argument("--calib", default="builtin", help="calibration corpus spec")
+    p.add_argument("--calib-tokens", type=int, default=8192)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--networks", default=None, help="functional networks file (methods fn, fn-threshold)")
+    p.add_argument("--threshold", type=float, default=None, help="z threshold T for fn-threshold")
+    p.add_argument("--groups", type=int, default=4, help="fn without --networks: groups of calibration texts")
+    p.add_argument("--group-size", type=int, default=16, help="fn without --networks: texts per group")
+    p.add_argument("-k", "--n-components", type=int, default=64, help="fn without --networks: maps per layer")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default=None)
+    p.set_defaults(func=_cmd_prune)

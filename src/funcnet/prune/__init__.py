@@ -1,0 +1,47 @@
+"""Structured pruning of MLP neurons (and optionally attention heads) to an exact size.
+
+Pipeline::
+
+    stats = calibration_stats(lm, calib)                 # streamed per-neuron mean / var / ||x||^2
+    imp = compute_importance("flap", lm, stats)          # per-layer scores, higher = keep
+    sel = select(lm, imp, ratio=0.2, of="mlp")           # exact target, global or uniform allocation
+    apply_selection(lm, sel, stats)                      # bias compensation + physical shrink
+    save_pruned(lm.model, lm.tokenizer, "out/", report)  # HF folder that loads without funcnet
+
+or all at once: ``result = prune(lm, ratio=0.2, of="mlp", method="flap", calib=texts)``.
+
+Ratio denominators ("of"): ``mlp`` = parameters of all MLP projections, ``attn+mlp`` = those plus
+the attention projections (FLAP / LLM-Pruner's convention), ``all`` = every parameter of the model
+(embeddings, norms, head included). The achieved ratio counts parameters added by bias
+compensation (a bias on each down / output projection that had none), so it is the true net change.
+
+Importance plug-in: any callable ``(lm, stats, *, seed, heads, **kw) -> Importance`` in
+:data:`METHODS`; ``Importance.neurons`` is ``{layer: np.ndarray[width]}`` (higher = keep), optional
+``Importance.heads`` is ``{layer: np.ndarray[n_kv_groups]}``, optional ``Importance.keep_masks`` is
+``{layer: bool array}`` for threshold rules (the ratio is then an outcome, not a target).
+The functional-network methods (``fn``, ``fn-threshold``) call ``funcnet.networks``:
+``pruning_importance(networks, lm, **kw) -> dict[int, np.ndarray]`` and
+``pruning_keep_masks(networks, lm, **kw) -> dict[int, np.ndarray[bool]]``.
+"""
+from funcnet.core.pruned import MODELING_NAME, REPORT_NAME, load_pruned, modeling_source, save_pruned
+from funcnet.prune.calibration import CalibStats, calibration_stats
+from funcnet.prune.compensation import (COMPENSATIONS, DEFAULT_COMPENSATION, DEFAULT_LS_FN_REGRESSORS,
+                                        DEFAULT_MAX_COVARIANCE_BYTES, DEFAULT_RIDGE, apply_selection, compensation,
+                                        compensation_terms, reconstruction)
+from funcnet.prune.driver import PruneResult, prune
+from funcnet.prune.network_scores import (DEFAULT_FN_SCORE, FN_SCORES, FN_STATS_SCORES, imp_fn, imp_fn_threshold,
+                                          networks_for_pruning, pruning_importance, pruning_keep_masks)
+from funcnet.prune.registry import DEFAULT_ALLOCATION, METHODS, NEEDS_CALIB, compute_importance
+from funcnet.prune.scores import (Importance, conditional_fluctuation, imp_flap, imp_magnitude, imp_random,
+                                  imp_wanda_sp)
+from funcnet.prune.selection import ALLOCATIONS, DEFAULT_PROTECT, DENOMINATORS, Selection, param_counts, select
+
+__all__ = [
+    "prune", "PruneResult", "save_pruned", "load_pruned", "modeling_source", "calibration_stats", "CalibStats",
+    "compute_importance", "Importance", "select", "Selection", "apply_selection", "compensation",
+    "compensation_terms", "reconstruction", "param_counts", "pruning_importance", "pruning_keep_masks",
+    "networks_for_pruning", "METHODS", "NEEDS_CALIB", "DEFAULT_ALLOCATION", "COMPENSATIONS", "DEFAULT_COMPENSATION",
+    "DEFAULT_RIDGE", "DEFAULT_MAX_COVARIANCE_BYTES", "DEFAULT_LS_FN_REGRESSORS", "DENOMINATORS", "ALLOCATIONS",
+    "DEFAULT_PROTECT", "FN_SCORES", "FN_STATS_SCORES", "DEFAULT_FN_SCORE", "MODELING_NAME", "REPORT_NAME",
+    "imp_random", "imp_magnitude", "imp_wanda_sp", "imp_flap", "imp_fn", "imp_fn_threshold", "conditional_fluctuation",
+]

@@ -1,0 +1,213 @@
+"""Calibration statistics: per-neuron sums, squares and (optionally) covariance of the
+down-projection inputs, streamed over calibration text."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from funcnet.core._io import sha256_text
+from funcnet.core.progress import progress_bar
+from funcnet.core.models import as_loaded, input_device
+from funcnet.data.corpus import Corpus, load_corpus, tokenize
+from funcnet.errors import FuncnetError
+
+log = logging.getLogger(__name__)
+
+
+
+
+# =============================================================================================
+# 1. calibration statistics
+# =============================================================================================
+@dataclass
+class CalibStats:
+    """Per-layer float64 statistics of the down-projection input (and optionally o_proj input)."""
+
+    n_tokens: int
+    neuron_sum: dict[int, np.ndarray]
+    neuron_sumsq: dict[int, np.ndarray]
+    head_sum: dict[int, np.ndarray] = field(default_factory=dict)
+    head_sumsq: dict[int, np.ndarray] = field(default_factory=dict)
+    identity: dict = field(default_factory=dict)
+    #: per-layer sums of x x^T of the down-projection input (``covariance=True``): what least-squares
+    #: compensation needs; width x width float64 per layer
+    neuron_xtx: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def mean(self, layer: int, kind: str = "neurons") -> np.ndarray:
+        s = self.neuron_sum if kind == "neurons" else self.head_sum
+        return s[layer] / max(self.n_tokens, 1)
+
+    def var(self, layer: int, kind: str = "neurons") -> np.ndarray:
+        s, q = (self.neuron_sum, self.neuron_sumsq) if kind == "neurons" else (self.head_sum, self.head_sumsq)
+        n = max(self.n_tokens, 1)
+        m = s[layer] / n
+        return np.maximum(q[layer] / n - m * m, 0.0)
+
+    def sq_norm(self, layer: int, kind: str = "neurons") -> np.ndarray:
+        """Squared L2 norm of each channel over all calibration tokens."""
+        return (self.neuron_sumsq if kind == "neurons" else self.head_sumsq)[layer]
+
+    def cov(self, layer: int) -> np.ndarray:
+        """Covariance matrix of the MLP neurons of ``layer`` (needs ``covariance=True``)."""
+        if layer not in self.neuron_xtx:
+            raise FuncnetError(f"no neuron covariance for layer {layer}: least-squares compensation needs "
+                               "calibration statistics recorded with covariance=True")
+        n = max(self.n_tokens, 1)
+        m = self.mean(layer)
+        return self.neuron_xtx[layer] / n - np.outer(m, m)
+
+    @property
+    def has_covariance(self) -> bool:
+        return bool(self.neuron_xtx)
+
+
+def _calib_texts(calib) -> tuple[list[str], Any, dict]:
+    """Returns (texts, funcnet.corpus.Corpus or None, identity)."""
+    if calib is None:
+        raise FuncnetError("calibration text is needed: pass calib= (texts, a corpus or a corpus spec)")
+    if isinstance(calib, (str, os.PathLike)):
+        corpus = load_corpus(str(calib), split="calib")
+        texts = list(corpus.texts)
+        ident = {"spec": str(calib), "split": "calib", "n_texts": len(texts),
+                 "sha256": str(getattr(corpus, "identity", "") or sha256_text(*texts))[:16]}
+        return texts, corpus, ident
+    if hasattr(calib, "texts"):
+        texts = [str(t) for t in calib.texts]
+        ident = {"spec": str(getattr(calib, "spec", getattr(calib, "name", type(calib).__name__)))}
+        ident.update({"n_texts": len(texts), "sha256": sha256_text(*texts)[:16]})
+        return texts, (calib if _is_corpus(calib) else None), ident
+    texts = [str(t) for t in calib]
+    if not any(t.strip() for t in texts):
+        raise FuncnetError("calibration text is empty")
+    return texts, None, {"spec": "texts", "n_texts": len(texts), "sha256": sha256_text(*texts)[:16]}
+
+
+def _is_corpus(obj) -> bool:
+    return isinstance(obj, Corpus)
+
+
+def _packed_batches(texts, corpus, tokenizer, max_length, max_tokens, batch_size):
+    """Yield (input_ids, attention_mask) batches of packed windows: funcnet.corpus.tokenize when it is
+    available and accepts the tokenizer, else EOS-joined windows packed here (last one partial)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    if True:
+        try:
+            corp = corpus if corpus is not None else load_corpus([t for t in texts if t.strip()])
+            tc = tokenize(corp, tokenizer, max_length=max_length, mode="packed", max_tokens=max_tokens)
+        except (TypeError, AttributeError) as e:  # e.g. a minimal tokenizer: pack here instead
+            log.debug("funcnet.corpus.tokenize unusable (%s); packing calibration text here", e)
+        else:
+            for item in tc.batches(batch_size, pad):
+                yield item[0], item[1]
+            return
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for t in texts:
+        ids.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            ids.append(eos)
+        if max_tokens and len(ids) >= max_tokens:
+            break
+    if max_tokens:
+        ids = ids[:max_tokens]
+    windows = [ids[i : i + max_length] for i in range(0, len(ids), max_length)]
+    windows = [w for w in windows if len(w) > 1]
+    for b in range(0, len(windows), batch_size):
+        chunk = windows[b : b + batch_size]
+        L = max(len(w) for w in chunk)
+        inp = torch.full((len(chunk), L), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), L), dtype=torch.long)
+        for r, w in enumerate(chunk):
+            inp[r, : len(w)] = torch.tensor(w)
+            mask[r, : len(w)] = 1
+        yield inp, mask
+
+
+@torch.no_grad()
+def calibration_stats(
+    model,
+    calib,
+    *,
+    tokenizer=None,
+    calib_tokens: int = 8192,
+    max_length: int = 128,
+    batch_size: int = 8,
+    heads: bool = False,
+    layers: Iterable[int] | None = None,
+    covariance: bool = False,
+    covariance_layers: Iterable[int] | None = None,
+) -> CalibStats:
+    """Stream calibration text through the dense model and accumulate, per layer, float64 sums and
+    sums of squares of every MLP neuron (down-projection input), and of every o_proj input channel
+    when ``heads``. Padding is excluded via the attention mask. Memory: O(layers x width); with
+    ``covariance`` also the float64 sums of x x^T of the neurons (O(layers x width^2), only for
+    ``covariance_layers`` when given: least-squares compensation needs them for pruned layers only)."""
+    lm = as_loaded(model, tokenizer)
+    if lm.tokenizer is None:
+        raise FuncnetError("calibration needs a tokenizer")
+    texts, corpus, ident = _calib_texts(calib)
+    adapter, mdl = lm.adapter, lm.model
+    all_layers = adapter.get_layers(mdl)
+    layer_ids = list(range(len(all_layers))) if layers is None else sorted(set(int(i) for i in layers))
+    state: dict[str, Any] = {"mask": None}
+    nsum, nsq, hsum, hsq, xtx = {}, {}, {}, {}, {}
+    cov_ids = set(layer_ids if covariance_layers is None else (int(i) for i in covariance_layers)) \
+        if covariance else set()
+
+    def make_cb(i, s_dict, q_dict, c_dict=None):
+        def cb(x):
+            m = state["mask"]
+            x = x.detach()
+            x = x[m.to(x.device)] if m is not None else x.reshape(-1, x.shape[-1])
+            x = x.to("cpu", torch.float64)
+            s = x.sum(0)
+            q = (x * x).sum(0)
+            if i in s_dict:
+                s_dict[i] += s
+                q_dict[i] += q
+            else:
+                s_dict[i], q_dict[i] = s, q
+            if c_dict is not None:
+                if i in c_dict:
+                    c_dict[i].addmm_(x.t(), x)
+                else:
+                    c_dict[i] = x.t() @ x
+
+        return cb
+
+    handles = []
+    try:
+        for i in layer_ids:
+            handles.append(adapter.register_signal_hook(all_layers[i], "neurons",
+                                                        make_cb(i, nsum, nsq, xtx if i in cov_ids else None)))
+            if heads:
+                handles.append(adapter.register_signal_hook(all_layers[i], "heads", make_cb(i, hsum, hsq)))
+        dev = input_device(mdl)
+        body = getattr(mdl, "base_model", mdl) or mdl  # skip the LM head: only hidden signals are needed
+        n_tok = 0
+        was_training = mdl.training
+        mdl.eval()
+        bar = progress_bar(total=calib_tokens or None, desc="calibration", unit="tok")
+        for inp, mask in _packed_batches(texts, corpus, lm.tokenizer, max_length, calib_tokens, batch_size):
+            state["mask"] = mask.bool()
+            body(input_ids=inp.to(dev), attention_mask=mask.to(dev), use_cache=False)
+            k = int(mask.sum())
+            n_tok += k
+            bar.update(k)
+        bar.close()
+        mdl.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+    if n_tok == 0:
+        raise FuncnetError("calibration text produced no tokens")
+    ident["tokens"] = n_tok
+    to_np = lambda d: {i: v.numpy() for i, v in d.items()}  # noqa: E731
+    if covariance:
+        ident["covariance"] = True
+    return CalibStats(n_tok, to_np(nsum), to_np(nsq), to_np(hsum), to_np(hsq), ident, to_np(xtx))

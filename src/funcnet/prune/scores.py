@@ -1,0 +1,159 @@
+"""Importance scores of MLP neurons (and key/value groups): random, magnitude, Wanda-sp, FLAP
+(WIFV, conditional), higher = keep."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from funcnet.core import shrink
+from funcnet.core.adapters import weight_out_in
+from funcnet.core.models import LoadedModel
+from funcnet.errors import FuncnetError
+from funcnet.networks import FunctionalNetworks
+from funcnet.prune._linalg import _ridge_solve, _strongest
+from funcnet.prune.calibration import CalibStats
+
+
+# =============================================================================================
+# 2. importance
+# =============================================================================================
+@dataclass
+class Importance:
+    """Per-layer scores, higher = keep. ``heads`` scores whole key/value groups."""
+
+    neurons: dict[int, np.ndarray]
+    heads: dict[int, np.ndarray] | None = None
+    keep_masks: dict[int, np.ndarray] | None = None
+    method: str = ""
+
+
+def _w(adapter, layer, path) -> torch.Tensor:
+    return weight_out_in(layer.get_submodule(path)).detach().to("cpu", torch.float64)
+
+
+def _group_channel_scores(ch: np.ndarray, hc) -> np.ndarray:
+    """Mean of per-channel scores over each key/value group's query-head channels."""
+    return ch.reshape(hc.n_kv_heads, -1).mean(1)
+
+
+def _head_config(lm: LoadedModel, i: int):
+    return shrink.layer_head_config(lm.adapter, lm.model, lm.layers[i])
+
+
+def imp_random(lm: LoadedModel, stats=None, *, seed: int = 0, heads: bool = False, **_) -> Importance:
+    rng = np.random.default_rng(seed)
+    neurons = {i: rng.random(lm.adapter.n_neurons(l)) for i, l in enumerate(lm.layers)}
+    hs = {i: rng.random(_head_config(lm, i).n_kv_heads) for i in range(lm.n_layers)} if heads else None
+    return Importance(neurons, hs, method="random")
+
+
+def imp_magnitude(lm: LoadedModel, stats=None, *, heads: bool = False, **_) -> Importance:
+    ad = lm.adapter
+    neurons, hs = {}, {} if heads else None
+    for i, layer in enumerate(lm.layers):
+        w = ad.n_neurons(layer)
+        sq = (_w(ad, layer, ad.down) ** 2).sum(0)
+        if ad.gate_up is not None:
+            gu = (_w(ad, layer, ad.gate_up) ** 2).sum(1)
+            sq = sq + gu[:w] + gu[w:]
+        for p in (ad.gate, ad.up):
+            if p is not None:
+                sq = sq + (_w(ad, layer, p) ** 2).sum(1)
+        neurons[i] = sq.sqrt().numpy()
+        if heads:
+            o = (_w(ad, layer, ad.o_proj) ** 2).sum(0).numpy()
+            hs[i] = np.sqrt(_group_channel_scores(o, _head_config(lm, i)))
+    return Importance(neurons, hs, method="magnitude")
+
+
+def _need(stats, heads):
+    if stats is None:
+        raise FuncnetError("this method needs calibration statistics (pass calib=...)")
+    if heads and not stats.head_sum:
+        raise FuncnetError("head importance needs calibration statistics recorded with heads=True")
+
+
+def imp_wanda_sp(lm: LoadedModel, stats: CalibStats | None = None, *, heads: bool = False, **_) -> Importance:
+    """Wanda-sp: mean over output rows of |W[:, j]| * ||x_j||_2."""
+    _need(stats, heads)
+    ad = lm.adapter
+    neurons, hs = {}, {} if heads else None
+    for i, layer in enumerate(lm.layers):
+        norm = np.sqrt(stats.sq_norm(i))
+        neurons[i] = _w(ad, layer, ad.down).abs().mean(0).numpy() * norm
+        if heads:
+            ch = _w(ad, layer, ad.o_proj).abs().mean(0).numpy() * np.sqrt(stats.sq_norm(i, "heads"))
+            hs[i] = _group_channel_scores(ch, _head_config(lm, i))
+    return Importance(neurons, hs, method="wanda-sp")
+
+
+def conditional_fluctuation(lm: LoadedModel, stats: CalibStats, *, ridge: float = 0.1, networks=None,
+                            max_regressors: int = 128, fn_threshold: float = 3.6) -> dict[int, np.ndarray]:
+    """||W[:, j]||^2 * Var(x_j | regressors): the output error of removing neuron j alone when
+    least-squares compensation reconstructs it from the regressors (FLAP's WIFV with the variance
+    the other neurons cannot explain). Regressors: every other neuron of the layer (``networks``
+    None: 1 / (M^-1)_jj with M = C + ridge diag(C)), or neuron j's strongest co-members in its
+    functional networks (as ``ls-fn``). Layers without a covariance get WIFV."""
+    ad = lm.adapter
+    if networks is not None:
+        networks = _load_networks(networks, lm)
+    out = {}
+    for i, layer in enumerate(lm.layers):
+        w2 = (_w(ad, layer, ad.down) ** 2).sum(0)
+        if i not in stats.neuron_xtx:
+            out[i] = (torch.as_tensor(stats.var(i)) * w2).numpy()
+            continue
+        C = torch.as_tensor(stats.cov(i), dtype=torch.float64)
+        d = torch.diagonal(C).clamp_min(0)
+        n = C.shape[0]
+        if networks is None:
+            M = C + torch.diag(ridge * d + 1e-12 * max(float(d.mean()), 1e-30))
+            cond = 1.0 / torch.diagonal(torch.cholesky_inverse(torch.linalg.cholesky(M)))
+            cond = (cond - ridge * d).clamp_min(0)  # the residual variance, not counting the ridge on x_j itself
+        else:
+            strength = networks.comembership(i, n, threshold=fn_threshold)
+            np.fill_diagonal(strength, 0.0)
+            cond = d.clone()
+            for j in range(n):
+                cand = _strongest(strength[j], max_regressors)
+                if not len(cand):
+                    continue
+                S = torch.as_tensor(cand)
+                a = _ridge_solve(C[S][:, S], C[j, S][None, :], ridge)[0]
+                cond[j] = (C[j, j] - a @ C[S, j]).clamp_min(0)
+        out[i] = (cond * w2).numpy()
+    return out
+
+
+def imp_flap(lm: LoadedModel, stats: CalibStats | None = None, *, heads: bool = False, score: str | None = None,
+             cond_power: float = 1.0, cond_ridge: float = 0.1, **_) -> Importance:
+    """FLAP's fluctuation metric WIFV = Var(x_j) * ||W[:, j]||^2 (heads: mean over channels).
+    ``score="cond"``: WIFV^(1 - cond_power) * conditional WIFV^cond_power (:func:`conditional_fluctuation`,
+    needs covariance statistics), the variant that anticipates least-squares compensation."""
+    _need(stats, heads)
+    ad = lm.adapter
+    neurons, hs = {}, {} if heads else None
+    if score not in (None, "wifv", "cond"):
+        raise FuncnetError(f"unknown flap score '{score}' (wifv, cond)")
+    cond = conditional_fluctuation(lm, stats, ridge=cond_ridge) if score == "cond" else None
+    for i, layer in enumerate(lm.layers):
+        neurons[i] = stats.var(i) * (_w(ad, layer, ad.down) ** 2).sum(0).numpy()
+        if cond is not None:
+            neurons[i] = neurons[i] ** (1 - cond_power) * cond[i] ** cond_power
+        if heads:
+            ch = stats.var(i, "heads") * (_w(ad, layer, ad.o_proj) ** 2).sum(0).numpy()
+            hs[i] = _group_channel_scores(ch, _head_config(lm, i))
+    return Importance(neurons, hs, method="flap")
+
+
+def _load_networks(networks, lm) -> FunctionalNetworks:
+    """A networks file or object, checked against ``lm`` (refused when made from another model)."""
+    if networks is None:
+        raise FuncnetError("method 'fn' needs functional networks (--networks FILE)")
+    if isinstance(networks, (str, os.PathLike)):
+        return FunctionalNetworks.load(networks, model=lm)
+    networks.check_model(lm)
+    return networks
