@@ -26,7 +26,7 @@ from torch import nn
 
 from funcnet.core.progress import progress_bar
 from funcnet.errors import FuncnetError
-from funcnet.core.models import input_device
+from funcnet.core.loaded import input_device, unwrap_model
 from funcnet.data.corpus import load_corpus
 
 __all__ = ["EvalResult", "perplexity", "evaluate_domains", "lm_eval_tasks", "register_cli"]
@@ -86,21 +86,10 @@ def _texts_of(texts_or_corpus) -> list[str]:
 
 def _unwrap(model_or_loaded, tokenizer):
     """(HF model, tokenizer) from a LoadedModel or a raw model + tokenizer."""
-    model = model_or_loaded
-    if hasattr(model, "model") and hasattr(model, "adapter") and isinstance(getattr(model, "model"), nn.Module):
-        if tokenizer is None:
-            tokenizer = model.tokenizer
-        model = model.model
-    if not isinstance(model, nn.Module):
-        raise FuncnetError(f"expected a model or LoadedModel, got {type(model).__name__}")
+    model, tokenizer = unwrap_model(model_or_loaded, tokenizer)
     if not _is_tokenizer(tokenizer):
         raise FuncnetError("a tokenizer is needed (pass a LoadedModel or tokenizer=)")
     return model, tokenizer
-
-
-def _input_device(model) -> torch.device:
-
-    return input_device(model)
 
 
 def _context_length(model) -> int | None:
@@ -258,7 +247,7 @@ def perplexity(
     # first logit position not scored by the previous window (with a BOS prefix, position i predicts token i)
     overlap_from = max(0, window - step - (0 if prefix is not None else 1))
 
-    dev = _input_device(model)
+    dev = input_device(model)
     split = _split_head(model)
     was_training = model.training
     model.eval()

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from funcnet.core.adapters import ArchAdapter, get_adapter
+from funcnet.core.loaded import wrap_model
 from funcnet.errors import FuncnetError
 
 __all__ = [
@@ -46,13 +47,8 @@ Selection = Any  # see module docstring
 # ---------------------------------------------------------------------------------------- model
 def _unwrap(model) -> tuple[nn.Module, ArchAdapter]:
     """(HF model, adapter) from a LoadedModel or a raw HF model."""
-    inner = getattr(model, "model", None)
-    adapter = getattr(model, "adapter", None)
-    if isinstance(adapter, ArchAdapter) and isinstance(inner, nn.Module):
-        return inner, adapter
-    if isinstance(model, nn.Module):
-        return model, get_adapter(model)
-    raise FuncnetError(f"expected a model or LoadedModel, got {type(model).__name__}")
+    lm = wrap_model(model)
+    return lm.model, lm.adapter
 
 
 def layer_widths(model) -> list[int]:

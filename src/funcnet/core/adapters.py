@@ -27,18 +27,9 @@ from funcnet.errors import FuncnetError, UnsupportedArchitectureError
 SIGNALS = ("neurons", "gate", "up", "residual", "heads")
 
 
-def _get(root: nn.Module, path: str) -> nn.Module:
-    mod = root
-    if not path:
-        return mod
-    for part in path.split("."):
-        mod = getattr(mod, part)
-    return mod
-
-
 def _has(root: nn.Module, path: str) -> bool:
     try:
-        _get(root, path)
+        root.get_submodule(path)
         return True
     except AttributeError:
         return False
@@ -108,11 +99,11 @@ class ArchAdapter:
     def get_layers(self, model: nn.Module) -> nn.ModuleList:
         for path in self.layers:
             if _has(model, path):
-                return _get(model, path)
+                return model.get_submodule(path)
             # also accept the base model (without the LM head wrapper)
             tail = path.split(".", 1)[1] if "." in path else None
             if tail and _has(model, tail):
-                return _get(model, tail)
+                return model.get_submodule(tail)
         raise FuncnetError(
             f"cannot find the decoder layers of this {self.family} model (looked for {', '.join(self.layers)})"
         )
@@ -123,10 +114,10 @@ class ArchAdapter:
     def module(self, layer: nn.Module, path: str | None) -> nn.Module:
         if path is None:
             raise FuncnetError(f"the {self.family} adapter has no such module")
-        return _get(layer, path)
+        return layer.get_submodule(path)
 
     def down_proj(self, layer: nn.Module) -> nn.Module:
-        return _get(layer, self.down)
+        return layer.get_submodule(self.down)
 
     def n_neurons(self, layer: nn.Module) -> int:
         """MLP width of one layer (input features of its down projection)."""
@@ -153,7 +144,7 @@ class ArchAdapter:
             cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
             return int(_first_attr(cfg, ("hidden_size", "n_embd")))
         if signal == "heads":
-            return in_features(_get(layer, self.o_proj))
+            return in_features(layer.get_submodule(self.o_proj))
         raise FuncnetError(f"unknown signal '{signal}'; choose from {', '.join(SIGNALS)}")
 
     def _check_signal(self, signal: str) -> None:
@@ -194,20 +185,20 @@ class ArchAdapter:
         if signal == "neurons":
             return self.down_proj(layer).register_forward_pre_hook(lambda m, args: callback(args[0]))
         if signal == "heads":
-            return _get(layer, self.o_proj).register_forward_pre_hook(lambda m, args: callback(args[0]))
+            return layer.get_submodule(self.o_proj).register_forward_pre_hook(lambda m, args: callback(args[0]))
         if signal == "residual":
             return layer.register_forward_hook(
                 lambda m, args, out: callback(out[0] if isinstance(out, (tuple, list)) else out)
             )
         if signal == "gate":
-            return _get(layer, self.act).register_forward_hook(lambda m, args, out: callback(out))
+            return layer.get_submodule(self.act).register_forward_hook(lambda m, args, out: callback(out))
         # up
         if self.gate_up is not None:
             width = self.n_neurons(layer)
-            return _get(layer, self.gate_up).register_forward_hook(
+            return layer.get_submodule(self.gate_up).register_forward_hook(
                 lambda m, args, out: callback(out[..., width:])
             )
-        return _get(layer, self.up).register_forward_hook(lambda m, args, out: callback(out))
+        return layer.get_submodule(self.up).register_forward_hook(lambda m, args, out: callback(out))
 
     def mlp_output_hook_module(self, layer: nn.Module) -> nn.Module:
         """The module whose output is the MLP's contribution (the down projection)."""
@@ -216,23 +207,23 @@ class ArchAdapter:
     # ----------------------------------------------------------------- MLP math (for checks / pruning)
     def mlp_neurons_from_input(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Recompute the neuron signal from the MLP input ``x`` with this layer's own modules."""
-        act = _get(layer, self.act)
+        act = layer.get_submodule(self.act)
         if self.gate_up is not None:
-            g, u = _get(layer, self.gate_up)(x).chunk(2, dim=-1)
+            g, u = layer.get_submodule(self.gate_up)(x).chunk(2, dim=-1)
             return act(g) * u
         if self.gated:
-            return act(_get(layer, self.gate)(x)) * _get(layer, self.up)(x)
-        return act(_get(layer, self.up)(x))
+            return act(layer.get_submodule(self.gate)(x)) * layer.get_submodule(self.up)(x)
+        return act(layer.get_submodule(self.up)(x))
 
     def mlp_input_module(self, layer: nn.Module) -> nn.Module:
         """A module whose input is the (normalised) MLP input."""
         if self.gate_up is not None:
-            return _get(layer, self.gate_up)
-        return _get(layer, self.gate if self.gated else self.up)
+            return layer.get_submodule(self.gate_up)
+        return layer.get_submodule(self.gate if self.gated else self.up)
 
     def mlp_param_count(self, layer: nn.Module) -> int:
         mods = [self.down_proj(layer)]
-        mods += [_get(layer, p) for p in (self.gate, self.up, self.gate_up) if p is not None]
+        mods += [layer.get_submodule(p) for p in (self.gate, self.up, self.gate_up) if p is not None]
         return sum(p.numel() for m in mods for p in m.parameters(recurse=False))
 
     def params_per_neuron(self, layer: nn.Module) -> int:
@@ -242,13 +233,13 @@ class ArchAdapter:
         n_in = 2 if (self.gated) else 1
         bias = 0
         for p in (self.gate, self.up, self.gate_up):
-            if p is not None and getattr(_get(layer, p), "bias", None) is not None:
+            if p is not None and getattr(layer.get_submodule(p), "bias", None) is not None:
                 bias += 2 if p == self.gate_up else 1
         return n_in * hidden_in + hidden_out + bias
 
     def attn_param_count(self, layer: nn.Module) -> int:
         paths = [self.o_proj] + [p for p in (self.q, self.k, self.v, self.qkv) if p is not None]
-        return sum(p.numel() for path in paths for p in _get(layer, path).parameters(recurse=False))
+        return sum(p.numel() for path in paths for p in layer.get_submodule(path).parameters(recurse=False))
 
 
 class _Handles:

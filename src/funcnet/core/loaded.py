@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
 from funcnet.core.adapters import ArchAdapter, get_adapter
 from funcnet.errors import FuncnetError
@@ -136,14 +137,33 @@ def _resolve_dtype(dtype) -> torch.dtype | str:
     return names[dtype]
 
 
+def _is_loaded(obj) -> bool:
+    """A LoadedModel, or anything shaped like one (an HF model in ``.model`` and an adapter)."""
+    return isinstance(obj, LoadedModel) or (
+        isinstance(getattr(obj, "adapter", None), ArchAdapter) and isinstance(getattr(obj, "model", None), nn.Module))
+
+
 def wrap_model(model, tokenizer=None) -> LoadedModel:
-    """A :class:`LoadedModel` as is, or an in-memory model (and tokenizer) wrapped as one: the one
-    coercer of in-memory models (``funcnet.core.models.as_loaded`` also loads specs)."""
-    if isinstance(model, LoadedModel):
+    """A :class:`LoadedModel` as is, or an in-memory model (and tokenizer) wrapped as one, with its
+    architecture adapter. The coercer of in-memory models; ``funcnet.core.models.as_loaded`` also
+    loads specs, :func:`unwrap_model` needs no adapter."""
+    if _is_loaded(model):
         return model
+    if not isinstance(model, nn.Module):
+        raise FuncnetError(f"expected a model or LoadedModel, got {type(model).__name__}")
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         adapter=get_adapter(model),
         spec=getattr(model.config, "_name_or_path", "") or type(model).__name__,
     )
+
+
+def unwrap_model(model, tokenizer=None) -> tuple[nn.Module, Any]:
+    """(HF model, tokenizer) from a LoadedModel (its tokenizer unless ``tokenizer`` is given) or from
+    a model and ``tokenizer``; no architecture adapter needed (any causal LM)."""
+    if _is_loaded(model):
+        return model.model, (tokenizer if tokenizer is not None else model.tokenizer)
+    if not isinstance(model, nn.Module):
+        raise FuncnetError(f"expected a model or LoadedModel, got {type(model).__name__}")
+    return model, tokenizer

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from funcnet.core.adapters import ArchAdapter, HeadConfig, _get, is_conv1d, weight_out_in
+from funcnet.core.adapters import ArchAdapter, HeadConfig, is_conv1d, weight_out_in
 from funcnet.errors import FuncnetError
 
 #: adapter fields naming projections that pruning may reshape
@@ -29,7 +29,7 @@ _HEAD_ATTRS = ("num_heads", "num_attention_heads", "num_key_value_heads", "num_k
 
 def _set(root: nn.Module, path: str, module: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
-    setattr(_get(root, parent_path) if parent_path else root, name, module)
+    setattr(root.get_submodule(parent_path) if parent_path else root, name, module)
 
 
 def _new_like(old: nn.Module, out_f: int, in_f: int, bias: bool) -> nn.Module:
@@ -99,12 +99,12 @@ def slice_mlp(
     if keep.numel() == 0 or int(keep.max()) >= width or int(keep.min()) < 0:
         raise FuncnetError(f"cannot keep neurons {keep.tolist()[:5]}... of a layer with {width} neurons")
     if adapter.gate_up is not None:
-        mod = _get(layer, adapter.gate_up)
+        mod = layer.get_submodule(adapter.gate_up)
         _set(layer, adapter.gate_up, slice_module(mod, out_idx=torch.cat([keep, keep + width])))
     for path in (adapter.gate, adapter.up):
         if path is not None:
-            _set(layer, path, slice_module(_get(layer, path), out_idx=keep))
-    _set(layer, adapter.down, slice_module(_get(layer, adapter.down), in_idx=keep, bias_delta=bias_delta,
+            _set(layer, path, slice_module(layer.get_submodule(path), out_idx=keep))
+    _set(layer, adapter.down, slice_module(layer.get_submodule(adapter.down), in_idx=keep, bias_delta=bias_delta,
                                            weight_delta=weight_delta))
 
 
@@ -138,8 +138,8 @@ def layer_head_config(adapter: ArchAdapter, model: nn.Module, layer: nn.Module) 
     """The head configuration of one (possibly already shrunk) layer."""
     base = adapter.head_config(model)
     attn_path = adapter.o_proj.rpartition(".")[0]
-    attn = _get(layer, attn_path) if attn_path else layer
-    n_q = weight_out_in(_get(layer, adapter.o_proj)).shape[1] // base.head_dim
+    attn = layer.get_submodule(attn_path) if attn_path else layer
+    n_q = weight_out_in(layer.get_submodule(adapter.o_proj)).shape[1] // base.head_dim
     heads = getattr(attn, "_funcnet_heads", None)
     n_kv = heads[1] if heads else base.n_kv_heads
     return HeadConfig(n_q, n_kv, base.head_dim)
@@ -170,26 +170,26 @@ def slice_heads(
     v_idx = torch.cat([vr[g] for g in keep_kv])
     if adapter.qkv_layout == "separate":
         for path, idx in ((adapter.q, q_idx), (adapter.k, k_idx), (adapter.v, v_idx)):
-            _set(layer, path, slice_module(_get(layer, path), out_idx=idx))
+            _set(layer, path, slice_module(layer.get_submodule(path), out_idx=idx))
     elif adapter.qkv_layout == "fused":
         idx = torch.cat([q_idx, k_idx, v_idx])
-        _set(layer, adapter.qkv, slice_module(_get(layer, adapter.qkv), out_idx=idx))
+        _set(layer, adapter.qkv, slice_module(layer.get_submodule(adapter.qkv), out_idx=idx))
     else:  # interleaved: keep each kept head's [q_h; k_h; v_h] block in order
         idx = torch.cat([torch.cat([qr[h], kr[h], vr[h]]) for h in keep_q])
-        _set(layer, adapter.qkv, slice_module(_get(layer, adapter.qkv), out_idx=idx))
+        _set(layer, adapter.qkv, slice_module(layer.get_submodule(adapter.qkv), out_idx=idx))
     o_cols = torch.cat([torch.arange(hc.head_dim) + h * hc.head_dim for h in keep_q])
-    _set(layer, adapter.o_proj, slice_module(_get(layer, adapter.o_proj), in_idx=o_cols, bias_delta=bias_delta))
+    _set(layer, adapter.o_proj, slice_module(layer.get_submodule(adapter.o_proj), in_idx=o_cols, bias_delta=bias_delta))
     new = HeadConfig(len(keep_q), len(keep_kv), hc.head_dim)
     attrs, cfg = _head_attrs(adapter, layer, new)
     _apply_attn(layer, adapter.o_proj.rpartition(".")[0], attrs, cfg)
-    attn = _get(layer, adapter.o_proj.rpartition(".")[0])
+    attn = layer.get_submodule(adapter.o_proj.rpartition(".")[0])
     attn._funcnet_heads = (new.n_heads, new.n_kv_heads)
     return new
 
 
 def _head_attrs(adapter: ArchAdapter, layer: nn.Module, hc: HeadConfig) -> tuple[dict, dict]:
     attn_path = adapter.o_proj.rpartition(".")[0]
-    attn = _get(layer, attn_path) if attn_path else layer
+    attn = layer.get_submodule(attn_path) if attn_path else layer
     values = {
         "num_heads": hc.n_heads,
         "num_attention_heads": hc.n_heads,
@@ -205,7 +205,7 @@ def _head_attrs(adapter: ArchAdapter, layer: nn.Module, hc: HeadConfig) -> tuple
 
 
 def _apply_attn(layer: nn.Module, attn_path: str, attrs: dict, cfg: dict) -> None:
-    attn = _get(layer, attn_path) if attn_path else layer
+    attn = layer.get_submodule(attn_path) if attn_path else layer
     for k, v in attrs.items():
         setattr(attn, k, v)
     if cfg:
@@ -230,15 +230,15 @@ def layer_spec(adapter: ArchAdapter, layer: nn.Module) -> dict:
         path = getattr(adapter, "down" if f == "down" else f)
         if path is None:
             continue
-        m = _get(layer, path)
+        m = layer.get_submodule(path)
         W = weight_out_in(m)
         mods[path] = [int(W.shape[0]), int(W.shape[1]), getattr(m, "bias", None) is not None, is_conv1d(m)]
     spec = {"modules": mods}
     attn_path = adapter.o_proj.rpartition(".")[0]
-    attn = _get(layer, attn_path) if attn_path else layer
+    attn = layer.get_submodule(attn_path) if attn_path else layer
     if getattr(attn, "_funcnet_heads", None):
         nq, nkv = attn._funcnet_heads
-        hd = weight_out_in(_get(layer, adapter.o_proj)).shape[1] // nq
+        hd = weight_out_in(layer.get_submodule(adapter.o_proj)).shape[1] // nq
         attrs, cfg = _head_attrs(adapter, layer, HeadConfig(nq, nkv, hd))
         spec["attn"] = {"path": attn_path, "heads": [nq, nkv], "attrs": attrs, "config": cfg}
     return spec
