@@ -88,6 +88,11 @@ def test_cli_info_and_errors(tmp_path, capsys):
     assert main(["info", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("funcnet: error:") and "\n" not in err
+    # every command names its model with --model; info's positional form is kept and must agree
+    assert main(["info", "--model", str(d), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["family"] == "gpt2"
+    assert main(["info", str(d), "--model", str(tmp_path / "other")]) == 2
+    assert "two models named" in capsys.readouterr().err
 
 
 def test_cli_subprocess_exit_code(tmp_path):

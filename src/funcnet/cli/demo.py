@@ -3,6 +3,7 @@ size that finishes in about 10 minutes on 2 CPU cores, then the HTML report."""
 from __future__ import annotations
 
 import time
+from funcnet.cli._common import add_model_argument
 from funcnet.explore import explore
 from funcnet.report.html import write_report
 
@@ -18,7 +19,7 @@ def _cmd_demo(args) -> int:
 
 def register_cli(sub) -> None:
     p = sub.add_parser("demo", help="run the exploration on the default model and built-in corpus, write the report")
-    p.add_argument("--model", default="smollm2-135m")
+    add_model_argument(p)
     p.add_argument("--out", default="funcnet-demo")
     p.add_argument("--size", default="demo", choices=["demo", "full"])
     p.add_argument("--seed", type=int, default=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
+from funcnet.cli._common import add_model_argument
 from funcnet.core._io import write_json
 from funcnet.core.models import DEFAULT_MODEL, load_model
 from funcnet.errors import FuncnetError
@@ -63,7 +64,7 @@ def register_cli(sub) -> None:
         description="Token perplexity over non-overlapping windows (documents joined with blank lines, "
         "tokenized once) and next-token top-1 accuracy, per domain of the corpus's evaluation split.",
     )
-    p.add_argument("--model", default=None, help="model spec: HF id, folder, .gguf or alias (default smollm2-135m)")
+    add_model_argument(p, default=None)
     p.add_argument("--corpus", default="builtin", help="corpus spec (default builtin; 'none' to skip)")
     p.add_argument("--domain", default=None, help="evaluate only this domain")
     p.add_argument("--window", type=_window_arg, default=128, help="window length in tokens, or 'context' (default 128)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from funcnet.cli._common import add_model_argument
 from funcnet.fingerprint import ALPHA, SIGNAL_CHOICES, compare, plot_matched, profile, read_probes
 
 
@@ -36,7 +37,7 @@ def register_cli(sub) -> None:
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
     pp = sp.add_parser("profile", help="record a victim model's networks on probe texts into a profile file")
-    pp.add_argument("--model", default="smollm2-135m", help="victim model spec (HF id, folder, .gguf, alias)")
+    add_model_argument(pp, help="victim model spec: HF id, folder, .gguf or alias")
     pp.add_argument("--out", required=True, help="output profile file (e.g. victim.fnf)")
     pp.add_argument("--probes", default=None, help="probe texts: .jsonl or text file with blank-line separated texts")
     pp.add_argument("--signals", default="residual", choices=list(SIGNAL_CHOICES))
@@ -49,7 +50,7 @@ def register_cli(sub) -> None:
 
     pc = sp.add_parser("compare", help="compare a victim profile with a suspect model: score, p-value, verdict")
     pc.add_argument("profile", help="victim profile file from `funcnet fingerprint profile`")
-    pc.add_argument("--model", required=True, help="suspect model spec")
+    add_model_argument(pc, required=True, help="suspect model spec: HF id, folder, .gguf or alias")
     pc.add_argument("--json", default=None, help="write the full result as JSON here")
     pc.add_argument("--plot", default=None, help="write a plot of the best matched time courses (PNG)")
     pc.add_argument("--n-null", type=int, default=200)

@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import json
-from funcnet.core.models import load_model
+from pathlib import Path
+
+from funcnet.cli._common import add_model_argument
+from funcnet.core.models import DEFAULT_MODEL, load_model
 from funcnet.data.store import ActivationStore
+from funcnet.errors import FuncnetError
 
 
 def _cmd_info(args) -> int:
-    from pathlib import Path
-
-    target = args.target
+    if args.target is not None and args.model is not None and args.target != args.model:
+        raise FuncnetError(f"two models named: '{args.target}' and --model '{args.model}'; name one")
+    target = args.model or args.target or DEFAULT_MODEL
     if Path(target).is_dir() and (Path(target) / "manifest.json").exists():
-
         print(json.dumps(ActivationStore.open(target).summary(), indent=2))
         return 0
 
@@ -37,7 +40,8 @@ def _cmd_info(args) -> int:
 
 def register_cli(sub) -> None:
     p = sub.add_parser("info", help="summarise a model (family, layers, neurons, parameters) or an activation store")
-    p.add_argument("target", nargs="?", default="smollm2-135m", help="model spec or activation-store folder")
+    add_model_argument(p, default=None, help="model spec (HF id, folder, .gguf or alias) or activation-store folder")
+    p.add_argument("target", nargs="?", default=None, help="the same as --model (kept for older scripts)")
     p.add_argument("--dtype", default=None)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from funcnet.cli._common import add_model_argument
 from funcnet.core.models import load_model
 from funcnet.data.record import parse_signals
 from funcnet.errors import FuncnetError
@@ -35,7 +36,7 @@ def _cmd_networks(args) -> int:
 
 def register_cli(sub) -> None:
     p = sub.add_parser("networks", help="find functional networks (group ICA) and save them")
-    p.add_argument("--model", default="smollm2-135m")
+    add_model_argument(p)
     p.add_argument("--corpus", default="builtin")
     p.add_argument("--split", default="calib", choices=["calib", "eval", "all"])
     p.add_argument("--store", default=None, help="activation store to reuse (recorded there if missing)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from funcnet.cli._common import add_model_argument
 from funcnet.core.models import load_model
 from funcnet.core.pruned import save_pruned
 from funcnet.errors import FuncnetError
@@ -65,7 +66,7 @@ def _cmd_prune(args) -> int:
 
 def register_cli(sub) -> None:
     p = sub.add_parser("prune", help="prune MLP neurons (and heads) to an exact size and save a smaller model")
-    p.add_argument("--model", default="smollm2-135m", help="model spec (HF id, folder, .gguf or alias)")
+    add_model_argument(p)
     p.add_argument("--ratio", type=float, default=0.2, help="fraction of parameters to remove (0 < r < 1)")
     p.add_argument("--of", choices=DENOMINATORS, default="mlp", help="denominator of the ratio")
     p.add_argument("--method", choices=list(METHODS), default="flap")
