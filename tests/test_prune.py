@@ -90,7 +90,7 @@ def fake_stats(lm, seed=0, heads=True):
     ad = lm.adapter
     n = lm.n_layers
     w = [ad.n_neurons(l) for l in lm.layers]
-    hw = [weight_out_in(shrink._get(l, ad.o_proj)).shape[1] for l in lm.layers]
+    hw = [weight_out_in(l.get_submodule(ad.o_proj)).shape[1] for l in lm.layers]
     st = P.CalibStats(
         50, {i: rng.normal(size=w[i]) * 20 for i in range(n)}, {i: rng.uniform(50, 500, w[i]) for i in range(n)},
         {i: rng.normal(size=hw[i]) * 20 for i in range(n)} if heads else {},
@@ -117,7 +117,7 @@ def masked_dense_logits(dense, adapter, sel, stats, ids, comp=True):
             hm = torch.zeros(hc.n_heads * hc.head_dim)
             for g in sel.keep_heads[i]:
                 hm[g * per:(g + 1) * per] = 1
-            o = shrink._get(layer, adapter.o_proj)
+            o = layer.get_submodule(adapter.o_proj)
             hs.append(o.register_forward_pre_hook(lambda m, a, hm=hm: (a[0] * hm,)))
             if i in comp_attn:
                 c = comp_attn[i].float()
@@ -395,8 +395,8 @@ def test_importance_formulas():
     w = P.compute_importance("wanda-sp", lm, st)
     assert w.neurons[1][j] == pytest.approx(float(Wd[:, j].abs().mean()) * np.sqrt(st.sq_norm(1)[j]))
     mg = P.compute_importance("magnitude", lm, st)
-    g = weight_out_in(shrink._get(layer, ad.gate)).detach().double()
-    u = weight_out_in(shrink._get(layer, ad.up)).detach().double()
+    g = weight_out_in(layer.get_submodule(ad.gate)).detach().double()
+    u = weight_out_in(layer.get_submodule(ad.up)).detach().double()
     expect = float(((Wd[:, j] ** 2).sum() + (g[j] ** 2).sum() + (u[j] ** 2).sum()).sqrt())
     assert mg.neurons[1][j] == pytest.approx(expect)
     assert flap.heads[1].shape == (NKV,)
