@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from funcnet.data import builtin as B
 from funcnet.data import corpus as C
+from funcnet.data import tokenization as T
 from funcnet.data.corpus import Corpus, Document, load_corpus, tokenize
 from funcnet.errors import FuncnetError
 
@@ -52,7 +54,7 @@ def tok_bos():
 
 def _spans_ok(tc: C.TokenizedCorpus, corpus: Corpus, tokenizer) -> None:
     """Non-special tokens: the span's text is the decoded token; spans never go backwards."""
-    special = C._special_ids(tokenizer)
+    special = T._special_ids(tokenizer)
     for s in tc.sequences:
         prev = {}
         for tid, d, (a, b) in zip(s.input_ids, s.doc_ids, s.char_spans):
@@ -75,7 +77,7 @@ def test_builtin_is_deterministic_and_fast():
     t = time.perf_counter()
     a = load_corpus("builtin")
     assert time.perf_counter() - t < 5
-    C._builtin_documents.cache_clear()  # rebuild from scratch: same texts, same identity
+    B._builtin_documents.cache_clear()  # rebuild from scratch: same texts, same identity
     b = load_corpus("builtin")
     assert a.identity == b.identity
     assert a.texts == b.texts
@@ -533,10 +535,10 @@ def test_metadata_concatenates(tok, small):
 
 def test_slow_tokenizer_fallback_matches_offsets(tok, small):
     """The incremental-decoding fallback reproduces the fast tokenizer's offsets."""
-    special = C._special_ids(tok)
+    special = T._special_ids(tok)
     for d in small:
         enc = tok(d.text, return_offsets_mapping=True)
-        spans = C._offsets_by_decoding(tok, enc["input_ids"], d.text, special)
+        spans = T._offsets_by_decoding(tok, enc["input_ids"], d.text, special)
         assert spans.tolist() == [list(o) for o in enc["offset_mapping"]]
 
 
@@ -560,7 +562,7 @@ def test_smollm2_spans_reproduce_text():
     for mode in ("documents", "packed"):
         tc = tokenize(corpus, tokenizer, max_length=128, mode=mode)
         assert tc.n_tokens > 5000
-        special = C._special_ids(tokenizer)
+        special = T._special_ids(tokenizer)
         n = matched = 0
         for s in tc.sequences:
             prev_end = {}

@@ -15,13 +15,14 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from funcnet.core.progress import progress_bar
-from funcnet.errors import FuncnetError
-from funcnet.core.models import LoadedModel, as_loaded, input_device
-from funcnet.data.store import ActivationStore, plan_chunks
 from funcnet._version import __version__
 from funcnet.core.adapters import SIGNALS
+from funcnet.core.forward import forward_batches, iter_batches
+from funcnet.core.models import LoadedModel, as_loaded
+from funcnet.core.progress import progress_bar
 from funcnet.data.corpus import load_corpus, tokenize
+from funcnet.data.store import ActivationStore, plan_chunks
+from funcnet.errors import FuncnetError
 
 RESUME_KEYS = ("model_identity", "tokenized_identity", "signals", "layers", "dtype", "chunk_tokens")
 
@@ -135,41 +136,31 @@ def _run_capture(
             def stop(m, a, o):
                 raise _StopForward
             handles.append(layers[last].register_forward_hook(stop))
-        base = getattr(model, "base_model", model)
-        dev = input_device(model)
         pad = lm.tokenizer.pad_token_id if lm.tokenizer is not None and lm.tokenizer.pad_token_id is not None else 0
         skip = set(skip)
         todo = [c for c in chunks if c.index not in skip]
         total = sum(c.n_tokens for c in todo)
         t0 = time.perf_counter()
         bar = progress_bar(total=total, unit="tok", unit_scale=True, desc=desc, enabled=progress)
-        with torch.inference_mode():
-            for chunk in todo:
-                offset = chunk.tok_start
-                for b0 in range(chunk.seq_start, chunk.seq_stop, batch_size):
-                    seq_idx = list(range(b0, min(chunk.seq_stop, b0 + batch_size)))
-                    seqs = [tok.sequences[i] for i in seq_idx]
-                    T = max(len(s.input_ids) for s in seqs)
-                    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
-                    mask = torch.zeros((len(seqs), T), dtype=torch.bool)
-                    for r, s in enumerate(seqs):
-                        ids[r, : len(s.input_ids)] = torch.as_tensor(np.asarray(s.input_ids), dtype=torch.long)
-                        mask[r, : len(s.input_ids)] = True
-                    state["mask"], state["captured"] = mask, {}
-                    try:
-                        base(input_ids=ids.to(dev), attention_mask=mask.long().to(dev), use_cache=False)
-                    except _StopForward:
-                        pass
-                    n = int(mask.sum())
-                    for (l, s) in keys:
-                        rows = state["captured"].get((l, s))
-                        if rows is None:
-                            raise FuncnetError(f"layer {l} signal '{s}' was not produced by the forward pass")
-                        sink(l, s, offset, rows)
-                    offset += n
-                    bar.update(n)
-                if on_chunk_done is not None:
-                    on_chunk_done(chunk.index)
+
+        def before(batch):
+            state["mask"], state["captured"] = batch[1].bool(), {}
+
+        for chunk in todo:
+            offset = chunk.tok_start
+            seqs = [tok.sequences[i].input_ids for i in range(chunk.seq_start, chunk.seq_stop)]
+            for _ids, mask, _idx in forward_batches(model, iter_batches(seqs, batch_size, pad), before=before,
+                                                    stop=_StopForward):
+                n = int(mask.sum())
+                for (l, s) in keys:
+                    rows = state["captured"].get((l, s))
+                    if rows is None:
+                        raise FuncnetError(f"layer {l} signal '{s}' was not produced by the forward pass")
+                    sink(l, s, offset, rows)
+                offset += n
+                bar.update(n)
+            if on_chunk_done is not None:
+                on_chunk_done(chunk.index)
         bar.close()
         return time.perf_counter() - t0
     finally:

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from funcnet.core._io import sha256_text
+from funcnet.core.forward import forward_batches, iter_batches
+from funcnet.core.models import as_loaded
 from funcnet.core.progress import progress_bar
-from funcnet.core.models import as_loaded, input_device
 from funcnet.data.corpus import Corpus, load_corpus, tokenize
 from funcnet.errors import FuncnetError
 
@@ -92,19 +93,20 @@ def _is_corpus(obj) -> bool:
 
 
 def _packed_batches(texts, corpus, tokenizer, max_length, max_tokens, batch_size):
-    """Yield (input_ids, attention_mask) batches of packed windows: funcnet.corpus.tokenize when it is
-    available and accepts the tokenizer, else EOS-joined windows packed here (last one partial)."""
+    """Yield (input_ids, attention_mask) batches of packed windows: funcnet.data.corpus.tokenize when it
+    accepts the tokenizer, else (a minimal tokenizer: a callable returning ``input_ids``, without
+    ``len()`` or offsets) EOS-joined windows packed here (last one partial). Both are padded by
+    :func:`funcnet.core.forward.iter_batches`."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    if True:
-        try:
-            corp = corpus if corpus is not None else load_corpus([t for t in texts if t.strip()])
-            tc = tokenize(corp, tokenizer, max_length=max_length, mode="packed", max_tokens=max_tokens)
-        except (TypeError, AttributeError) as e:  # e.g. a minimal tokenizer: pack here instead
-            log.debug("funcnet.corpus.tokenize unusable (%s); packing calibration text here", e)
-        else:
-            for item in tc.batches(batch_size, pad):
-                yield item[0], item[1]
-            return
+    try:
+        corp = corpus if corpus is not None else load_corpus([t for t in texts if t.strip()])
+        tc = tokenize(corp, tokenizer, max_length=max_length, mode="packed", max_tokens=max_tokens)
+    except (TypeError, AttributeError) as e:  # e.g. a minimal tokenizer: pack here instead
+        log.debug("funcnet.data.corpus.tokenize unusable (%s); packing calibration text here", e)
+    else:
+        for inp, mask, _ in tc.batches(batch_size, pad):
+            yield inp, mask
+        return
     eos = tokenizer.eos_token_id
     ids: list[int] = []
     for t in texts:
@@ -117,18 +119,10 @@ def _packed_batches(texts, corpus, tokenizer, max_length, max_tokens, batch_size
         ids = ids[:max_tokens]
     windows = [ids[i : i + max_length] for i in range(0, len(ids), max_length)]
     windows = [w for w in windows if len(w) > 1]
-    for b in range(0, len(windows), batch_size):
-        chunk = windows[b : b + batch_size]
-        L = max(len(w) for w in chunk)
-        inp = torch.full((len(chunk), L), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), L), dtype=torch.long)
-        for r, w in enumerate(chunk):
-            inp[r, : len(w)] = torch.tensor(w)
-            mask[r, : len(w)] = 1
+    for inp, mask, _ in iter_batches(windows, batch_size, pad):
         yield inp, mask
 
 
-@torch.no_grad()
 def calibration_stats(
     model,
     calib,
@@ -187,15 +181,17 @@ def calibration_stats(
                                                         make_cb(i, nsum, nsq, xtx if i in cov_ids else None)))
             if heads:
                 handles.append(adapter.register_signal_hook(all_layers[i], "heads", make_cb(i, hsum, hsq)))
-        dev = input_device(mdl)
-        body = getattr(mdl, "base_model", mdl) or mdl  # skip the LM head: only hidden signals are needed
         n_tok = 0
         was_training = mdl.training
         mdl.eval()
         bar = progress_bar(total=calib_tokens or None, desc="calibration", unit="tok")
-        for inp, mask in _packed_batches(texts, corpus, lm.tokenizer, max_length, calib_tokens, batch_size):
-            state["mask"] = mask.bool()
-            body(input_ids=inp.to(dev), attention_mask=mask.to(dev), use_cache=False)
+
+        def before(batch):
+            state["mask"] = batch[1].bool()
+
+        # the model's body only (no LM head): the hooks read hidden signals, under inference mode
+        batches = _packed_batches(texts, corpus, lm.tokenizer, max_length, calib_tokens, batch_size)
+        for _inp, mask in forward_batches(mdl, batches, before=before):
             k = int(mask.sum())
             n_tok += k
             bar.update(k)
