@@ -170,13 +170,19 @@ def tokens_to_units(values: np.ndarray, token_spans: np.ndarray, spans: np.ndarr
 
 
 # =============================================================================== decomposition
-def _standardize(X: np.ndarray) -> np.ndarray:
+def _standardizer(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-unit (column) mean and sd over the tokens (rows) of X, in float32; an sd below 1e-6
+    counts as 1 (constant units stay 0)."""
     X = np.asarray(X, dtype=np.float32)
-    mu = X.mean(0, keepdims=True)
-    sd = X.std(0, keepdims=True)
+    mu, sd = X.mean(0), X.std(0)
     sd[sd < 1e-6] = 1.0
-    Z = (X - mu) / sd
-    # massive outlier activations (attention sinks) would dominate the decomposition
+    return mu, sd
+
+
+def _standardize(X: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """(X - mu) / sd in float32, clipped to +-8: massive outlier activations (attention sinks) would
+    dominate the decomposition."""
+    Z = (np.asarray(X, dtype=np.float32) - mu) / sd
     np.clip(Z, -8.0, 8.0, out=Z)
     return Z
 
@@ -482,7 +488,9 @@ def _profile(model, probes, *, tokenizer, signals, n_components, n_seeds, thresh
         nz = np.nonzero(use[a:b])[0]
         if len(nz) > 1:
             use[a + nz[0]] = False
-    Z = _standardize(X[use])
+    Xf = np.asarray(X, np.float32)
+    mu, sd = _standardizer(Xf[use])
+    Z = _standardize(Xf[use], mu, sd)
     n_tok, n_feat = Z.shape
     cap = _max_components(n_tok, n_feat)
     if n_components is None:
@@ -502,9 +510,6 @@ def _profile(model, probes, *, tokenizer, signals, n_components, n_seeds, thresh
     maps = _ica_maps(Z, k, seeds)
     t2 = time.perf_counter()
     # standardized activations of all tokens (incl. the excluded ones, with the same mean/sd)
-    Xf = np.asarray(X, np.float32)
-    mu, sd = Xf[use].mean(0), Xf[use].std(0)
-    sd[sd < 1e-6] = 1.0
     all_spans = []
     unit_offsets = [0]
     per_probe_units = []
@@ -529,7 +534,7 @@ def _profile(model, probes, *, tokenizer, signals, n_components, n_seeds, thresh
         key_units.append(keys_s)
         for p in range(len(probes)):
             a, b = ranges[p]
-            Zp = np.clip((Xf[a:b] - mu) / sd, -8.0, 8.0)
+            Zp = _standardize(Xf[a:b], mu, sd)
             tok_tc = (torch.from_numpy(Zp) @ torch.from_numpy(weights)).numpy()  # [T_p, k]
             ok = use[a:b]
             spans_p = tok_spans[a:b].copy()
