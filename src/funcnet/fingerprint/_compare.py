@@ -302,9 +302,9 @@ def compare(
     probes). ``score`` = the ``statistic`` of the matched |rho| of the ``top`` best matched pairs
     (default ``"median"``: their median; ``top`` defaults to k, the number of networks per seed;
     other statistics: :mod:`funcnet.fingerprint.statistics`, ``register_statistic``). The same
-    statistic scores every null draw and ``raw_score``. With ``control="word-identity"`` (default) the correlations are computed on
-    time courses with the word-type and position means removed (:func:`_remove_identity`), and the
-    null draws exchange the suspect's values among occurrences of the same word type (all networks
+    statistic scores every null draw and ``raw_score``. With ``control="word-identity"`` (default)
+    the correlations are computed on time courses with the word-type and position means removed
+    (:func:`_remove_identity`), and the null draws exchange the suspect's values among occurrences of the same word type (all networks
     alike); with ``control="none"`` the suspect's time courses are taken from another probe
     (derangement, resampled) or circularly shifted (the old, too easy null).
     ``p_chance`` = (1 + #{null >= score}) / (1 + n_null): does the suspect share more than token
