@@ -22,7 +22,7 @@ from funcnet.core.adapters import get_adapter
 from funcnet.errors import FuncnetError
 from funcnet.core.loaded import (LoadedModel, _resolve_dtype, count_parameters, input_device,  # noqa: F401
                                  model_identity, model_summary, wrap_model)
-from funcnet.core.pruned import load_pruned
+from funcnet.core.pruned import is_pruned_folder, load_pruned
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,20 @@ def resolve_spec(spec: str | os.PathLike) -> tuple[str, str]:
     return "hub", s
 
 
+def _refuse_remote_code(folder: Path, spec) -> None:
+    """A model folder whose config or tokenizer config names its own Python code (``auto_map``) is
+    refused: funcnet runs no code shipped with a model unless the user passes trust_remote_code."""
+    for name in ("config.json", "tokenizer_config.json"):
+        f = folder / name
+        try:
+            d = json.loads(f.read_text()) if f.is_file() else {}
+        except (OSError, ValueError):
+            continue
+        if isinstance(d, dict) and d.get("auto_map"):
+            raise FuncnetError(f"'{spec}' ships its own Python code ({name} auto_map); funcnet runs code from a "
+                               "model folder only with --trust-remote-code (trust_remote_code=True)")
+
+
 def load_model(
     spec: str | os.PathLike = DEFAULT_MODEL,
     *,
@@ -144,11 +158,12 @@ def load_model(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kind, where = resolve_spec(spec)
-    if kind == "folder" and (Path(where) / "modeling_funcnet_pruned.py").exists():
-        # a model pruned by funcnet: per-layer widths need funcnet's own modeling file in the folder
-
-        return load_pruned(where, dtype=dtype, device=device)
+    if kind == "folder" and is_pruned_folder(where):
+        # a model pruned by funcnet: per-layer shapes, built by funcnet's own classes (no code from the folder)
+        return load_pruned(where, dtype=dtype, device=device, device_map=device_map)
     torch_dtype = _resolve_dtype(dtype)
+    if kind == "folder" and not trust_remote_code:
+        _refuse_remote_code(Path(where), spec)
     try:
         config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
     except Exception as e:

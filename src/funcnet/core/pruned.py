@@ -1,5 +1,14 @@
-"""The pruned-model folder format: save (weights, tokenizer, config with per-layer shapes, a
-self-contained modeling file, the pruning report) and load."""
+"""The pruned-model folder format: save (weights, tokenizer, config with per-layer shapes, the
+pruning report) and load, without running any code from the folder.
+
+A pruned folder's ``config.json`` has ``model_type: "funcnet_pruned"``, the base architecture's
+model type in ``funcnet_base_model_type`` and the per-layer shapes in ``funcnet_pruned``. funcnet's
+own classes (:class:`FuncnetPrunedConfig`, :class:`FuncnetPrunedForCausalLM`) are registered with
+transformers' ``AutoConfig`` / ``AutoModelForCausalLM`` when this module is imported, so after
+``import funcnet`` a plain ``AutoModelForCausalLM.from_pretrained(folder)`` loads it with no remote
+code. The folder also carries a self-contained ``modeling_funcnet_pruned.py`` (and ``auto_map``) for
+people without funcnet, who may choose ``trust_remote_code=True``; funcnet itself never imports it.
+Folders written by funcnet 0.1 (base ``model_type`` plus ``auto_map``) load the same way."""
 from __future__ import annotations
 
 import inspect
@@ -7,7 +16,7 @@ import json
 from pathlib import Path
 
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from funcnet._version import __version__
 from funcnet.core import shrink
@@ -19,9 +28,9 @@ from funcnet.errors import FuncnetError
 
 
 REPORT_NAME = "pruning_report.json"
-
-
 MODELING_NAME = "modeling_funcnet_pruned.py"
+#: ``model_type`` of a pruned folder's config.json
+PRUNED_MODEL_TYPE = "funcnet_pruned"
 
 
 _MODELING_TEMPLATE = '''"""Pruned model written by funcnet {version}: per-layer MLP widths / head counts differ from the
@@ -59,9 +68,106 @@ def modeling_source(model) -> str:
     )
 
 
+class FuncnetPrunedConfig(PretrainedConfig):
+    """The config of a funcnet-pruned model: the base architecture's config fields, its model type
+    (``funcnet_base_model_type``) and the per-layer shapes (``funcnet_pruned``)."""
+
+    model_type = PRUNED_MODEL_TYPE
+
+    def base_config(self) -> PretrainedConfig:
+        """The base architecture's config class, filled with these fields (and the shapes)."""
+        base = getattr(self, "funcnet_base_model_type", None)
+        if not base:
+            raise FuncnetError("a funcnet_pruned config without funcnet_base_model_type")
+        d = self.to_dict()
+        d.pop("model_type", None)
+        d.pop("auto_map", None)
+        return _base_classes(base)[0].from_dict(d)
+
+
+class FuncnetPrunedForCausalLM:
+    """Entry point registered with ``AutoModelForCausalLM`` for ``funcnet_pruned`` configs: builds the
+    base architecture reshaped to the saved per-layer widths (see :func:`pruned_model_class`)."""
+
+    config_class = FuncnetPrunedConfig
+
+    @classmethod
+    def from_pretrained(cls, path, *args, config=None, **kwargs):
+        if config is None or not isinstance(config, FuncnetPrunedConfig):
+            config = FuncnetPrunedConfig.from_pretrained(path)
+        base_cfg = config.base_config()
+        kwargs.pop("trust_remote_code", None)
+        return pruned_model_class(config.funcnet_base_model_type).from_pretrained(path, *args, config=base_cfg,
+                                                                                    **kwargs)
+
+    @classmethod
+    def from_config(cls, config, **kwargs):
+        base_cfg = config.base_config() if isinstance(config, FuncnetPrunedConfig) else config
+        return pruned_model_class(base_cfg.model_type)(base_cfg, **kwargs)
+
+
+def _base_classes(base_model_type: str) -> tuple[type, type]:
+    """(config class, causal-LM class) of a transformers model type."""
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        cfg_cls = CONFIG_MAPPING[base_model_type]
+        return cfg_cls, MODEL_FOR_CAUSAL_LM_MAPPING[cfg_cls]
+    except (KeyError, ValueError) as e:
+        raise FuncnetError(f"pruned model of an unknown base architecture '{base_model_type}'") from e
+
+
+_PRUNED_CLASSES: dict[str, type] = {}
+
+
+def pruned_model_class(base_model_type: str) -> type:
+    """The base causal-LM class of ``base_model_type`` whose ``__init__`` reshapes the dense layers
+    to the per-layer shapes of ``config.funcnet_pruned`` (created once per base type)."""
+    if base_model_type not in _PRUNED_CLASSES:
+        _, base_lm = _base_classes(base_model_type)
+
+        def __init__(self, config, *args, **kwargs):
+            base_lm.__init__(self, config, *args, **kwargs)
+            spec = getattr(config, "funcnet_pruned", None)
+            if spec:
+                shrink.funcnet_apply_spec(self, spec)
+
+        _PRUNED_CLASSES[base_model_type] = type(f"FuncnetPruned{base_lm.__name__}", (base_lm,),
+                                                {"__init__": __init__, "__module__": __name__})
+    return _PRUNED_CLASSES[base_model_type]
+
+
+def register_auto_classes() -> None:
+    """Register :class:`FuncnetPrunedConfig` / :class:`FuncnetPrunedForCausalLM` with transformers'
+    auto classes (done at import; idempotent)."""
+    from transformers import CONFIG_MAPPING
+
+    if PRUNED_MODEL_TYPE in CONFIG_MAPPING:
+        return
+    AutoConfig.register(PRUNED_MODEL_TYPE, FuncnetPrunedConfig)
+    AutoModelForCausalLM.register(FuncnetPrunedConfig, FuncnetPrunedForCausalLM)
+
+
+register_auto_classes()
+
+
+def is_pruned_folder(path) -> bool:
+    """True when ``path`` is a folder whose config.json describes a funcnet-pruned model."""
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        d = json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and ("funcnet_pruned" in d or d.get("model_type") == PRUNED_MODEL_TYPE)
+
+
 def save_pruned(model, tokenizer, out_dir, report: dict | None = None, *, overwrite: bool = False) -> Path:
-    """Write a Hugging Face folder that loads with ``AutoModelForCausalLM.from_pretrained(dir,
-    trust_remote_code=True)`` without funcnet; atomic (temp folder + rename)."""
+    """Write a Hugging Face folder of the pruned model (see the module docstring): it loads with
+    :func:`load_pruned`, with ``AutoModelForCausalLM.from_pretrained(dir)`` after ``import funcnet``,
+    and without funcnet with ``trust_remote_code=True``. Atomic (temp folder + rename)."""
     lm = wrap_model(model, tokenizer)
     out = Path(out_dir)
     if out.exists() and not overwrite:
@@ -80,6 +186,7 @@ def save_pruned(model, tokenizer, out_dir, report: dict | None = None, *, overwr
     try:
         with atomic_path(out, is_dir=True) as tmp:
             _save_weights(lm.model, tmp)
+            _mark_config(tmp / "config.json")
             if lm.tokenizer is not None:
                 lm.tokenizer.save_pretrained(tmp)
             (tmp / MODELING_NAME).write_text(src)
@@ -93,6 +200,14 @@ def save_pruned(model, tokenizer, out_dir, report: dict | None = None, *, overwr
     return out
 
 
+def _mark_config(path: Path) -> None:
+    """Turn the saved base config.json into a ``funcnet_pruned`` one (base model type kept)."""
+    d = json.loads(path.read_text())
+    d["funcnet_base_model_type"] = d.get("funcnet_base_model_type") or d["model_type"]
+    d["model_type"] = PRUNED_MODEL_TYPE
+    path.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+
+
 def _save_weights(model, folder) -> None:
     """save_pretrained with the in-memory parameter names (no legacy renaming: the custom modeling
     class of the folder loads without transformers' per-family conversion mappings)."""
@@ -102,14 +217,25 @@ def _save_weights(model, folder) -> None:
     model.save_pretrained(folder, **kw)
 
 
-def load_pruned(path, *, dtype=None, device=None) -> LoadedModel:
-    """Load a folder written by :func:`save_pruned` as a LoadedModel."""
-
+def load_pruned(path, *, dtype=None, device=None, device_map=None) -> LoadedModel:
+    """Load a folder written by :func:`save_pruned` as a LoadedModel, with funcnet's own classes
+    (never the folder's Python file). ``device_map`` (e.g. ``"auto"``) spreads it over devices."""
     p = Path(path)
-    if not (p / "config.json").exists() or not (p / MODELING_NAME).exists():
-        raise FuncnetError(f"'{p}' is not a funcnet pruned-model folder (no config.json / {MODELING_NAME})")
-    model = AutoModelForCausalLM.from_pretrained(str(p), trust_remote_code=True, dtype=_resolve_dtype(dtype))
-    if device is not None:
+    if not is_pruned_folder(p):
+        raise FuncnetError(f"'{p}' is not a funcnet pruned-model folder (its config.json has no funcnet_pruned shapes)")
+    try:
+        d = json.loads((p / "config.json").read_text())
+        if d.get("model_type") == PRUNED_MODEL_TYPE:
+            cfg = FuncnetPrunedConfig.from_pretrained(str(p)).base_config()
+        else:  # funcnet 0.1: the base model type, per-layer shapes and an auto_map to its own modeling file
+            cfg = _base_classes(d["model_type"])[0].from_pretrained(str(p))
+        model = pruned_model_class(cfg.model_type).from_pretrained(str(p), config=cfg, dtype=_resolve_dtype(dtype),
+                                                                   device_map=device_map)
+    except FuncnetError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise FuncnetError(f"cannot load pruned model '{p}': {str(e).splitlines()[0][:200]}") from e
+    if device is not None and device_map is None:
         model = model.to(device)
     model.eval()
     tok = AutoTokenizer.from_pretrained(str(p))
