@@ -1,12 +1,23 @@
-"""Tests of funcnet.ica: synthetic sources, reproducibility, reductions, reference recipe, input checks."""
+"""Tests of funcnet.networks.canica: synthetic sources, reproducibility, reductions, reference recipe,
+input checks, scikit-learn estimator conventions."""
 from __future__ import annotations
 
+import inspect
+import pickle
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from scipy import sparse
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError as SkNotFittedError
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
+import funcnet.networks as networks_pkg
+import funcnet.networks.canica as ica_mod
 from funcnet.errors import FuncnetError
 from funcnet.networks.canica import (
     CanICA,
@@ -365,18 +376,22 @@ def test_fit_many_parallel_equals_sequential():
 def test_sklearn_style_params():
     est = CanICA(n_components=7, reduction="incremental")
     p = est.get_params()
-    assert p["n_components"] == 7 and p["reduction"] == "incremental" and p["dtype"] is torch.float64
+    assert p["n_components"] == 7 and p["reduction"] == "incremental" and p["dtype"] == "float64"
+    assert set(p) == set(inspect.signature(CanICA).parameters)     # every parameter, declared once
     assert est.set_params(n_init=3) is est and est.n_init == 3
     assert not hasattr(est, "components_")
+    # scikit-learn's NotFittedError, and funcnet's error too
+    with pytest.raises(SkNotFittedError, match="not fitted"):
+        est.transform(np.zeros((3, 4)))
     with pytest.raises(FuncnetError, match="not fitted"):
         est.transform(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="Invalid parameter 'n_comps'"):
+        est.set_params(n_comps=3)
 
 
 def test_group_rows_over_budget_are_recomputed_per_pass(monkeypatch):
     """Group rows larger than the cache budget are not kept: each reduction pass re-reads the
     (streamed) subjects, and the result is the same as with the rows cached."""
-    import funcnet.ica as ica_mod
-
     X, _, _, lengths = make_data(seed=21)
     X = X.astype(np.float32)
     cached_src = Chunks(X, lengths[0])
@@ -392,8 +407,6 @@ def test_exact_reduction_streams_when_rows_exceed_neurons(monkeypatch):
     """The exact group PCA of more group rows than neurons accumulates the Gram matrix in one pass
     over the subjects without keeping their rows (memory independent of the number of subjects);
     with fewer rows than neurons it keeps them for the dual Gram matrix. Same subspace either way."""
-    import funcnet.ica as ica_mod
-
     seen = []
     real = ica_mod._reduce_exact
 
@@ -438,3 +451,134 @@ def test_cuda_matches_cpu(method):
     assert match_maps(standardized_truth(X, S), gpu.components_)[0] > 0.95
     ests = fit_many([subj, subj], dict(n_components=6, n_init=2, method=method, random_state=3), device="cuda")
     assert match_maps(ests[0].components_, ests[1].components_)[0] > 0.999
+
+
+# ------------------------------------------------------------------ scikit-learn estimator conventions
+def _expected_failed_checks(estimator):
+    return {
+        "check_transformer_n_iter": "n_iter_ holds one iteration count per FastICA run (n_init + n_bootstrap "
+                                    "runs, pooled by ICASSO): an array, where the check wants a single number",
+    }
+
+
+# scikit-learn's own suite. Its data have 1 to 5 features (neurons: the samples of a spatial ICA, whose
+# maps are centred over them), so k = 1; n_init = 2 keeps the ICASSO pooling of several runs in play.
+@parametrize_with_checks([CanICA(n_components=1, n_init=2, max_iter=50)],
+                         expected_failed_checks=_expected_failed_checks, xfail_strict=True)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_public_names_importable_from_both_paths():
+    for name in ica_mod.__all__:
+        assert getattr(networks_pkg, name) is getattr(ica_mod, name), name
+
+
+def test_clone_get_set_params_round_trip():
+    X, _, _, lengths = make_data(n_neurons=200, seed=40)
+    est = CanICA(6, n_init=2, fun="logcosh", reduction="exact", dtype=torch.float32, random_state=3)
+    est.fit(split(X, lengths))
+    twin = clone(est)
+    assert twin is not est and not hasattr(twin, "components_")
+    assert twin.get_params() == est.get_params() and twin.get_params()["dtype"] is torch.float32
+    # params changed by set_params survive clone; a refit of the clone gives the same maps
+    twin.set_params(n_init=3, random_state=4)
+    assert clone(twin).get_params()["n_init"] == 3
+    twin.set_params(n_init=2, random_state=3)
+    np.testing.assert_array_equal(twin.fit(split(X, lengths)).components_, est.components_)
+    # __init__ stores values unchanged, even invalid ones (checked by fit)
+    odd = CanICA(n_components="six", n_init=-1, dtype="float16")
+    assert odd.get_params()["n_components"] == "six" and odd.get_params()["n_init"] == -1
+    assert repr(CanICA(6, n_init=2)) == "CanICA(n_components=6, n_init=2)"
+    # a fitted estimator pickles, and the copy transforms alike
+    again = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(again.transform(X[:20]), est.transform(X[:20]))
+
+
+def test_parameters_after_n_components_are_keyword_only():
+    with pytest.raises(TypeError):
+        CanICA(6, 3)
+    kinds = {n: p.kind for n, p in inspect.signature(CanICA).parameters.items()}
+    assert kinds.pop("n_components") is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert set(kinds.values()) == {inspect.Parameter.KEYWORD_ONLY}
+
+
+def test_pipeline_standard_scaler_then_canica():
+    X, S, _, _ = make_data(n_neurons=300, seed=41)
+    pipe = Pipeline([("scale", StandardScaler()), ("ica", CanICA(6, n_init=2))])
+    tc = pipe.fit_transform(X)
+    assert tc.shape == (X.shape[0], 6)
+    Z = StandardScaler().fit_transform(X)
+    direct = CanICA(6, n_init=2).fit(Z)
+    np.testing.assert_array_equal(pipe.named_steps["ica"].components_, direct.components_)
+    np.testing.assert_allclose(pipe.transform(X[:50]), direct.transform(Z[:50]), rtol=1e-10, atol=1e-10)
+    assert match_maps(pipe.named_steps["ica"].components_, standardized_truth(X, S))[0] >= 0.95
+    assert list(pipe.get_feature_names_out()) == [f"canica{i}" for i in range(6)]
+    # nested parameters reach the estimator
+    pipe.set_params(ica__n_components=4)
+    assert pipe.fit(X).named_steps["ica"].components_.shape == (4, 300)
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(n_components=2.5), "n_components"),
+    (dict(n_init=0), "n_init"),
+    (dict(n_bootstrap=-1), "n_bootstrap"),
+    (dict(max_iter=0), "max_iter"),
+    (dict(tol=-1e-3), "tol"),
+    (dict(random_state=1.5), "random_state"),
+    (dict(standardize="yes"), "standardize"),
+    (dict(do_cca=None), "do_cca"),
+    (dict(mixed_precision="always"), "mixed_precision"),
+    (dict(fun="tanh"), "fun"),
+    (dict(reduction="svd"), "reduction"),
+    (dict(min_stability="high"), "min_stability"),
+    (dict(migp_rows=0), "migp_rows"),
+    (dict(dtype="float16"), "dtype"),
+    (dict(device="tpu:x"), "device"),
+])
+def test_bad_parameters_raise_valueerror_at_fit(params, match):
+    X, _, _, _ = make_data(n_neurons=50, n_subjects=2, tokens=20, seed=42)
+    est = CanICA(**{"n_components": 2, "n_init": 1, **params})     # __init__ accepts anything
+    with pytest.raises(ValueError, match=match) as e:                # FuncnetError is a ValueError
+        est.fit(X)
+    assert isinstance(e.value, FuncnetError) and "\n" not in str(e.value)
+
+
+def test_sklearn_input_conventions():
+    X, _, _, lengths = make_data(n_neurons=100, seed=43)
+    est = CanICA(4, n_init=2).fit(X)
+    assert est.n_features_in_ == 100 and est.n_components_ == 4
+    # a list of rows is one 2-D array (scikit-learn's array-like); a list of 2-D arrays, subjects
+    rows = CanICA(4, n_init=2).fit(X.tolist())
+    np.testing.assert_array_equal(rows.components_, est.components_)
+    assert CanICA(4, n_init=2).fit(split(X, lengths)).n_subjects_ == len(lengths)
+    with pytest.raises(ValueError, match="X has 99 features, but CanICA is expecting 100 features"):
+        est.transform(X[:, 1:])
+    bad = X[:5].copy()
+    bad[2, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        est.transform(bad)
+    # transform leaves the fitted estimator as it is
+    state = dict(vars(est))
+    est.transform(X[:7])
+    assert vars(est).keys() == state.keys() and all(vars(est)[k] is v for k, v in state.items())
+    # informative errors for inputs a spatial ICA cannot take
+    with pytest.raises(ValueError, match="n_samples = 1"):
+        CanICA(1).fit(X[:1])
+    with pytest.raises(ValueError, match=r"at least 2 non-constant neurons, got 1 in 1 feature\(s\)"):
+        CanICA(1).fit(X[:, :1])
+    with pytest.raises(ValueError, match="exceeds the rank"):
+        CanICA(5, method="reference").fit(X[:, :5])   # 5 neurons centred: rank 4
+    with pytest.raises(ValueError, match="sparse"):
+        CanICA(2).fit(sparse.csr_matrix(X))
+    with pytest.raises(ValueError, match="Complex data not supported"):
+        CanICA(2).fit(X + 1j)
+
+
+def test_refit_on_stream_drops_old_time_courses():
+    X, _, _, lengths = make_data(n_neurons=200, seed=44)
+    est = CanICA(4, n_init=1).fit(X)
+    assert est.mixing_.shape == (X.shape[0], 4)
+    est.fit(Chunks(X, lengths[0]))
+    assert not hasattr(est, "time_courses_") and not hasattr(est, "mixing_")
+    np.testing.assert_allclose(est.fit_transform(Chunks(X, lengths[0])), est.transform(X), atol=1e-4)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import sparse
 
 from funcnet.errors import FuncnetError
 from funcnet.networks._utils import _eigh, _is_float64, _lapack_threads, _to_tensor
@@ -22,8 +23,25 @@ _CONST_RTOL = 1e-6          # a neuron is constant if std <= _CONST_RTOL * media
 
 
 # ============================================================================ input handling
+def _check_dense(X, what: str = "input") -> None:
+    if sparse.issparse(X):
+        raise FuncnetError(f"{what} is a scipy sparse matrix: sparse input is not supported, pass a dense array")
+
+
+def _check_real(a) -> None:
+    if a.is_complex() if isinstance(a, torch.Tensor) else np.iscomplexobj(a):
+        raise FuncnetError("Complex data not supported: activations must be real numbers")
+
+
+def _ndim(a) -> int:
+    return a.ndim if isinstance(a, (np.ndarray, torch.Tensor)) else np.ndim(a)
+
+
 class _Data:
     """A re-iterable view of the input as subjects (each a 2-D [tokens, neurons] array).
+
+    A list (or tuple) of 2-D arrays is a list of subjects; a list of 1-D rows (or of numbers) is
+    one 2-D array, as in scikit-learn.
 
     In-memory input keeps references to the caller's arrays (no copy); a streamed object is
     re-read (``iter_chunks()``) at every pass and each chunk counts as one subject.
@@ -35,6 +53,7 @@ class _Data:
         self.index: list | None = None     # per subject: row indices into arrays[0], or None
         if X is None:
             raise FuncnetError("no input data (got None)")
+        _check_dense(X)
         if hasattr(X, "iter_chunks") and not isinstance(X, (np.ndarray, torch.Tensor)):
             if subjects is not None:
                 raise FuncnetError("subjects= cannot be used with streamed input (each chunk is one subject)")
@@ -42,6 +61,8 @@ class _Data:
             self.in_memory = False
             return
         self.in_memory = True
+        if isinstance(X, (list, tuple)) and len(X) and all(_ndim(a) <= 1 for a in X):
+            X = np.asarray(X)    # a list of rows (scikit-learn's array-like), not a list of subjects
         if isinstance(X, (list, tuple)):
             if len(X) == 0:
                 raise FuncnetError("empty input: the list of subjects is empty")
@@ -49,8 +70,10 @@ class _Data:
                 raise FuncnetError("subjects= is only for a single 2-D array (a list already gives the subjects)")
             arrs = []
             for i, a in enumerate(X):
+                _check_dense(a, f"subject {i}")
                 if not isinstance(a, torch.Tensor):
                     a = np.asarray(a)
+                _check_real(a)
                 if a.ndim != 2:
                     raise FuncnetError(f"subject {i} must be a 2-D [tokens, neurons] array, got shape {tuple(a.shape)}")
                 arrs.append(a)
@@ -61,8 +84,10 @@ class _Data:
             return
         if not isinstance(X, torch.Tensor):
             X = np.asarray(X)
+        _check_real(X)
         if X.ndim != 2:
-            raise FuncnetError(f"input must be a 2-D [tokens, neurons] array, got shape {tuple(X.shape)}")
+            raise FuncnetError(f"input must be a 2-D [tokens, neurons] array, got shape {tuple(X.shape)}. Reshape "
+                               "your data: X.reshape(-1, 1) for one neuron, X.reshape(1, -1) for one token")
         self.arrays = [X]
         if subjects is not None:
             self.index = self._subject_index(subjects, int(X.shape[0]))
@@ -98,6 +123,7 @@ class _Data:
                     c = c[0]
                 if not isinstance(c, torch.Tensor):
                     c = np.asarray(c)
+                _check_real(c)
                 if c.ndim != 2:
                     raise FuncnetError(f"iter_chunks() must yield 2-D [tokens, neurons] arrays, got shape {tuple(c.shape)}")
                 yield off, c
@@ -198,7 +224,9 @@ def _stats_pass(data: _Data, device) -> _Stats:
             f"(first at token {r}, neuron {c}); clean or drop them before the ICA"
         )
     n_tok = sum(lengths)
-    if width is None or n_tok == 0 or width == 0:
+    if width == 0:   # (scikit-learn's wording)
+        raise FuncnetError(f"empty input: 0 feature(s) (shape=({n_tok}, 0)) while a minimum of 1 is required.")
+    if width is None or n_tok == 0:
         raise FuncnetError(f"empty input: {n_tok} tokens x {width or 0} neurons")
     std = torch.sqrt(m2 / n)
     ref = torch.median(std)

@@ -54,6 +54,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.exceptions import NotFittedError as _SkNotFittedError
 
 from funcnet.core.progress import progress_enabled
 from funcnet.errors import FuncnetError
@@ -66,6 +68,7 @@ from funcnet.networks._utils import _lapack_threads, _resolve_seed, _run_seeds
 
 __all__ = [
     "CanICA",
+    "NotFittedError",
     "ICAConvergenceWarning",
     "FastICAResult",
     "fastica",
@@ -78,8 +81,37 @@ __all__ = [
 
 
 # ============================================================================ estimator
-class CanICA:
-    """Group ICA of neuron activations (scikit-learn conventions; see the module docstring).
+class NotFittedError(FuncnetError, _SkNotFittedError):
+    """A :class:`CanICA` used before ``fit``: both funcnet's error and scikit-learn's NotFittedError."""
+
+
+_DTYPES = {torch.float32: torch.float32, torch.float64: torch.float64, "float32": torch.float32,
+           "float64": torch.float64, np.float32: torch.float32, np.float64: torch.float64,
+           np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+_FUNS = ("cube", "logcosh")
+_METHODS = ("canica", "reference")
+_REDUCTIONS = ("auto", "exact", "randomized", "incremental")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+class CanICA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Group ICA of neuron activations, a scikit-learn transformer (see the module docstring).
+
+    scikit-learn conventions: the parameters below are stored unchanged by ``__init__`` (all but
+    ``n_components`` keyword-only) and checked by ``fit`` (a bad value raises
+    :class:`~funcnet.errors.FuncnetError`, a ValueError), so ``get_params`` / ``set_params`` /
+    ``sklearn.base.clone`` and pipelines work; ``fit(X, y=None)`` returns the estimator;
+    ``transform`` before ``fit`` raises scikit-learn's ``NotFittedError`` (also a FuncnetError).
+    ``X`` is a [tokens, neurons] array (tokens are the rows, neurons the features): the ICA is
+    *spatial*, neurons are its samples, so ``n_components`` must stay below the number of
+    non-constant neurons.
 
     Parameters
     ----------
@@ -99,7 +131,8 @@ class CanICA:
     n_bootstrap : extra runs, each on a resample (with replacement) of the subjects (of the
         tokens when there is a single subject), pooled with the n_init runs for ICASSO.
     min_stability : keep only components with ``stability_ >= min_stability``.
-    dtype : precision of the ICA (default float64).
+    dtype : precision of the ICA: "float64" (default) or "float32" (a torch or numpy float
+        dtype is accepted too).
     mixed_precision : iterate FastICA in float32 and polish converged runs in ``dtype``;
         "auto" = True for method="canica", False for method="reference" (exact recipe).
     migp_rows : rows kept by MIGP (default max(4k, 256)).
@@ -110,16 +143,17 @@ class CanICA:
     pre-sort index of each component: cluster id, or FastICA index with one run),
     ``explained_variance_`` / ``explained_variance_ratio_`` [k] of the group PCA,
     ``subspace_`` [neurons, k] orthonormal basis of the reduction, ``mean_`` / ``scale_`` /
-    ``constant_`` [neurons] (global standardization), ``n_iter_`` / ``converged_`` [runs],
-    ``seeds_`` [runs], ``n_tokens_``, ``n_subjects_``, ``n_features_in_``, ``reduction_``
-    (the method used), ``time_courses_`` [tokens, k] when the fit data were in memory, also as
-    ``mixing_`` (scikit-learn's name: in a spatial ICA the mixing matrix is the time courses).
+    ``constant_`` [neurons] (global standardization), ``n_iter_`` / ``converged_`` [runs] (one
+    value per FastICA run, ICASSO pools several), ``seeds_`` [runs], ``n_components_``,
+    ``n_tokens_``, ``n_subjects_``, ``n_features_in_``, ``reduction_`` (the method used),
+    ``time_courses_`` [tokens, k] when the fit data were in memory, also as ``mixing_``
+    (scikit-learn's name: in a spatial ICA the mixing matrix is the time courses).
     """
 
-    def __init__(self, n_components: int = 20, n_init: int = 10, fun: str = "cube", max_iter: int = 300,
+    def __init__(self, n_components: int = 20, *, n_init: int = 10, fun: str = "cube", max_iter: int = 300,
                  tol: float = 1e-4, random_state: int | None = 0, device: str = "cpu", standardize: bool = True,
                  reduction: str = "auto", do_cca: bool = True, method: str = "canica", n_bootstrap: int = 0,
-                 min_stability: float | None = None, dtype: torch.dtype = torch.float64,
+                 min_stability: float | None = None, dtype: str | torch.dtype = "float64",
                  mixed_precision: bool | str = "auto", migp_rows: int | None = None):
         self.n_components = n_components
         self.n_init = n_init
@@ -138,71 +172,94 @@ class CanICA:
         self.mixed_precision = mixed_precision
         self.migp_rows = migp_rows
 
-    # ------------------------------------------------------------------ sklearn plumbing
-    def get_params(self, deep: bool = True) -> dict:
-        return {k: getattr(self, k) for k in (
-            "n_components", "n_init", "fun", "max_iter", "tol", "random_state", "device", "standardize",
-            "reduction", "do_cca", "method", "n_bootstrap", "min_stability", "dtype", "mixed_precision",
-            "migp_rows")}
+    # ------------------------------------------------------------------ scikit-learn plumbing
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]   # transform keeps the input's float
+        return tags
 
-    def set_params(self, **params) -> "CanICA":
-        for k, v in params.items():
-            if k not in self.get_params():
-                raise FuncnetError(f"CanICA has no parameter {k!r}")
-            setattr(self, k, v)
-        return self
+    def _more_tags(self) -> dict:      # the same for scikit-learn < 1.6
+        return {"preserves_dtype": [np.float64, np.float32]}
 
-    def __repr__(self) -> str:
-        return f"CanICA(n_components={self.n_components}, n_init={self.n_init}, method={self.method!r})"
+    @property
+    def _n_features_out(self) -> int:
+        """Number of output columns of ``transform`` (for ``get_feature_names_out``)."""
+        return self.components_.shape[0]
 
-    def _check_params(self):
+    def _check_params(self) -> tuple[torch.device, torch.dtype]:
+        """Validate the parameters (at fit time, scikit-learn style); returns (device, dtype)."""
         k = self.n_components
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        if not _is_int(k) or k < 1:
             raise FuncnetError(f"n_components must be an integer >= 1, got {k!r}")
-        if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
+        if not _is_int(self.n_init) or self.n_init < 1:
             raise FuncnetError(f"n_init must be an integer >= 1, got {self.n_init!r}")
-        if self.n_bootstrap < 0:
-            raise FuncnetError(f"n_bootstrap must be >= 0, got {self.n_bootstrap!r}")
-        if self.fun not in ("cube", "logcosh"):
+        if not _is_int(self.n_bootstrap) or self.n_bootstrap < 0:
+            raise FuncnetError(f"n_bootstrap must be an integer >= 0, got {self.n_bootstrap!r}")
+        if not _is_int(self.max_iter) or self.max_iter < 1:
+            raise FuncnetError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
+        if not _is_real(self.tol) or not self.tol >= 0:
+            raise FuncnetError(f"tol must be a number >= 0, got {self.tol!r}")
+        if self.random_state is not None and not _is_int(self.random_state):
+            raise FuncnetError(f"random_state must be an int or None, got {type(self.random_state).__name__}")
+        for name in ("standardize", "do_cca"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise FuncnetError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not (isinstance(self.mixed_precision, (bool, np.bool_)) or self.mixed_precision == "auto"):
+            raise FuncnetError(f"mixed_precision must be True, False or 'auto', got {self.mixed_precision!r}")
+        if self.fun not in _FUNS:
             raise FuncnetError(f"fun must be 'cube' or 'logcosh', got {self.fun!r}")
-        if self.method not in ("canica", "reference"):
+        if self.method not in _METHODS:
             raise FuncnetError(f"method must be 'canica' or 'reference', got {self.method!r}")
-        if self.reduction not in ("auto", "exact", "randomized", "incremental"):
+        if self.reduction not in _REDUCTIONS:
             raise FuncnetError(
                 f"reduction must be 'auto', 'exact', 'randomized' or 'incremental', got {self.reduction!r}")
-        if self.dtype not in (torch.float32, torch.float64):
-            raise FuncnetError(f"dtype must be torch.float32 or torch.float64, got {self.dtype!r}")
+        if self.min_stability is not None and not _is_real(self.min_stability):
+            raise FuncnetError(f"min_stability must be a number or None, got {self.min_stability!r}")
+        if self.migp_rows is not None and (not _is_int(self.migp_rows) or self.migp_rows < 1):
+            raise FuncnetError(f"migp_rows must be an integer >= 1 or None, got {self.migp_rows!r}")
+        try:
+            dtype = _DTYPES[self.dtype]
+        except (KeyError, TypeError):
+            raise FuncnetError(f"dtype must be 'float32' or 'float64' (or a torch / numpy float dtype), "
+                               f"got {self.dtype!r}") from None
         try:
             dev = torch.device(self.device)
         except (RuntimeError, TypeError) as e:
             raise FuncnetError(f"bad device {self.device!r}: {e}") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise FuncnetError(f"device {self.device!r} requested but CUDA is not available")
-        return dev
+        return dev, dtype
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y=None, *, subjects=None) -> "CanICA":
+    def fit(self, X, y=None, *, subjects=None) -> CanICA:
         """Fit on ``X``: a [tokens, neurons] array / tensor (``subjects=``: lengths or per-token
         labels), a list of per-subject arrays, or an object with ``iter_chunks()`` (streamed, each
-        chunk one subject; re-read at each pass)."""
-        dev = self._check_params()
+        chunk one subject; re-read at each pass). ``y`` is ignored. Returns the estimator."""
+        dev, dtype = self._check_params()
         k = int(self.n_components)
         seed = _resolve_seed(self.random_state)
         data = _Data(X, subjects)
         stats = _stats_pass(data, dev)
         N = stats.n_features
+        if stats.n_tokens < 2:
+            raise FuncnetError(f"{stats.n_tokens} token(s) (n_samples = {stats.n_tokens}): at least 2 are needed "
+                               "to standardize the neurons")
         n_active = int((~stats.const).sum())
         if n_active == 0:
             raise FuncnetError(f"all {N} neurons are constant: nothing to decompose")
+        if n_active < 2:
+            raise FuncnetError(f"a spatial ICA needs at least 2 non-constant neurons, got {n_active} in {N} "
+                               "feature(s)")
         n_subj = len(stats.lengths)
+        # the maps are centred over the non-constant neurons (the samples of the spatial ICA): one rank less
         if self.method == "reference":
-            bound = min(stats.n_tokens - 1, n_active)
+            bound = min(stats.n_tokens - 1, n_active - 1)
         else:
-            bound = min(sum(min(k, max(t - 1, 0)) for t in stats.lengths), n_active)
+            bound = min(sum(min(k, max(t - 1, 0)) for t in stats.lengths), n_active - 1)
         if k > bound:
             raise FuncnetError(
                 f"n_components={k} exceeds the rank of the data (at most {bound}: {stats.n_tokens} tokens in "
-                f"{n_subj} subject(s), {n_active} non-constant neurons)")
+                f"{n_subj} subject(s), {n_active} non-constant neurons, one rank less after centring over neurons)")
         cdtype = torch.float64 if stats.float64 else torch.float32
         Prod = _ReferenceRows if self.method == "reference" else _CanICARows
         producer = Prod(data, stats, cdtype, dev, k, standardize=self.standardize, do_cca=self.do_cca)
@@ -264,10 +321,10 @@ class CanICA:
                 subspaces.append((Vb, [seeds[self.n_init + b]]))
         maps, n_iter, conv = [], [], []
         for Vs, sds in subspaces:
-            Xi = Vs[active].to(self.dtype)
+            Xi = Vs[active].to(dtype)
             W0 = torch.stack([initial_unmixing(s, k) for s in sds])
             res = fastica(Xi, k, self.fun, max_iter=self.max_iter, tol=self.tol, w_init=W0, device=dev,
-                          dtype=self.dtype, mixed_precision=bool(mixed))
+                          dtype=dtype, mixed_precision=bool(mixed))
             maps.append(_zscore_rows_(res.sources).reshape(-1, Xi.shape[0]))
             n_iter.append(res.n_iter)
             conv.append(res.converged)
@@ -328,8 +385,11 @@ class CanICA:
         self.n_subjects_ = n_subj
         self.n_features_in_ = N
         self._proj = None
+        self._projector()           # now, so that transform leaves the estimator unchanged
         if data.in_memory:
             self.time_courses_ = self.transform(data.concatenated())
+        else:
+            self.__dict__.pop("time_courses_", None)      # a refit on a stream: no stale time courses
         return self
 
     # ------------------------------------------------------------------ transform
@@ -352,7 +412,7 @@ class CanICA:
         ``Z C^T (C C^T)^+`` with C = ``components_``. Accepts the same inputs as ``fit``
         (a list or a stream gives the tokens of all subjects / chunks in order)."""
         if not hasattr(self, "components_"):
-            raise FuncnetError("this CanICA is not fitted yet: call fit() first")
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit() first")
         data = _Data(X)
         P = self._projector()
         keep = ~self.constant_
@@ -360,9 +420,13 @@ class CanICA:
         for _, _, b in data.iter_blocks():
             b = np.asarray(b.detach().cpu() if isinstance(b, torch.Tensor) else b)
             if b.shape[1] != self.n_features_in_:
-                raise FuncnetError(f"transform input has {b.shape[1]} neurons, the fit had {self.n_features_in_}")
+                raise FuncnetError(f"X has {b.shape[1]} features, but {type(self).__name__} is expecting "
+                                   f"{self.n_features_in_} features as input (the neurons of the fit)")
             dt = np.float64 if b.dtype == np.float64 else np.float32
-            z = (b.astype(dt, copy=False) - self.mean_.astype(dt)) / self.scale_.astype(dt)
+            b = b.astype(dt, copy=False)
+            if not np.isfinite(b).all():
+                raise FuncnetError(f"transform input contains {int((~np.isfinite(b)).sum())} NaN/inf values")
+            z = (b - self.mean_.astype(dt)) / self.scale_.astype(dt)
             z[:, ~keep] = 0
             out.append(z @ P.astype(dt))
         return np.concatenate(out) if out else np.zeros((0, self.components_.shape[0]))
@@ -377,6 +441,7 @@ class CanICA:
             raise AttributeError("mixing_ exists only after fitting in-memory data; use transform(X)") from None
 
     def fit_transform(self, X, y=None, **kw) -> np.ndarray:
+        """``fit(X, **kw)``, then the time courses of ``X`` (``time_courses_`` when in memory)."""
         self.fit(X, **kw)
         if hasattr(self, "time_courses_"):
             return self.time_courses_
