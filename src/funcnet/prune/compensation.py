@@ -14,15 +14,12 @@ from funcnet.core.shrink import update_config
 from funcnet.errors import FuncnetError
 from funcnet.prune._linalg import _ridge_solve, _strongest
 from funcnet.prune.calibration import CalibStats, calibration_stats
-from funcnet.prune.scores import _load_networks, _w
+from funcnet.prune.scores import _head_config, _load_networks, _w
 from funcnet.prune.selection import Selection
 
 log = logging.getLogger(__name__)
 
 
-# =============================================================================================
-# 4-5. compensation and physical shrink
-# =============================================================================================
 #: ``none``: drop removed neurons; ``bias`` (FLAP): replace each removed neuron's input by its
 #: calibration mean, folded into the down projection's bias; ``ls``: replace the removed inputs by
 #: their least-squares reconstruction from all kept neurons of the layer (x_R ~ A x_K + c, ridge),
@@ -60,16 +57,28 @@ def compensation(lm, selection: Selection, stats: CalibStats) -> tuple[dict[int,
     """FLAP's bias compensation: for each layer W_down[:, pruned] @ mean(x_pruned) (and
     W_o[:, pruned cols] @ mean for heads), as float64 vectors."""
     lm = as_loaded(lm)
+    return _mlp_bias_terms(lm, selection, stats), _head_bias_terms(lm, selection, stats)
+
+
+def _mlp_bias_terms(lm, selection: Selection, stats: CalibStats) -> dict[int, torch.Tensor]:
+    """W_down[:, pruned] @ mean(x_pruned) per layer with pruned neurons."""
     ad = lm.adapter
-    mlp, attn = {}, {}
+    mlp = {}
     for i, layer in enumerate(lm.layers):
-        w = ad.n_neurons(layer)
-        pruned = np.setdiff1d(np.arange(w), selection.keep_neurons[i])
+        pruned = np.setdiff1d(np.arange(ad.n_neurons(layer)), selection.keep_neurons[i])
         if len(pruned):
-            W = _w(ad, layer, ad.down)[:, torch.as_tensor(pruned)]
+            W = _w(layer, ad.down)[:, torch.as_tensor(pruned)]
             mlp[i] = W @ torch.as_tensor(stats.mean(i)[pruned], dtype=torch.float64)
+    return mlp
+
+
+def _head_bias_terms(lm, selection: Selection, stats: CalibStats) -> dict[int, torch.Tensor]:
+    """W_o[:, pruned key/value groups' channels] @ their means per layer with pruned groups."""
+    ad = lm.adapter
+    attn = {}
+    for i, layer in enumerate(lm.layers):
         if selection.keep_heads and selection.keep_heads.get(i) is not None:
-            hc = shrink.layer_head_config(ad, lm.model, layer)
+            hc = _head_config(lm, i)
             kept = selection.keep_heads[i]
             if len(kept) < hc.n_kv_heads:
                 if i not in stats.head_sum:
@@ -77,9 +86,9 @@ def compensation(lm, selection: Selection, stats: CalibStats) -> tuple[dict[int,
                 per_group = hc.group_size * hc.head_dim
                 cols = np.concatenate([np.arange(g * per_group, (g + 1) * per_group)
                                        for g in range(hc.n_kv_heads) if g not in kept])
-                Wo = _w(ad, layer, ad.o_proj)[:, torch.as_tensor(cols)]
+                Wo = _w(layer, ad.o_proj)[:, torch.as_tensor(cols)]
                 attn[i] = Wo @ torch.as_tensor(stats.mean(i, "heads")[cols], dtype=torch.float64)
-    return mlp, attn
+    return attn
 
 
 def reconstruction(lm, selection: Selection, stats: CalibStats, *, mode: str = "ls", ridge: float = DEFAULT_RIDGE,
@@ -142,16 +151,16 @@ def compensation_terms(lm, selection: Selection, stats: CalibStats | None, *, mo
         return {}, {}, {}
     if stats is None:
         raise FuncnetError(f"compensation '{mode}' needs calibration statistics (or compensation='none')")
-    mlp_b, attn_b = compensation(lm, selection, stats)
+    attn_b = _head_bias_terms(lm, selection, stats)
     if mode == "bias":
-        return mlp_b, attn_b, {}
+        return _mlp_bias_terms(lm, selection, stats), attn_b, {}
     ad = lm.adapter
     mlp_b, mlp_w = {}, {}
     for i, (A, c) in reconstruction(lm, selection, stats, mode=mode, ridge=ridge, networks=networks,
                                     max_regressors=max_regressors, fn_threshold=fn_threshold).items():
         layer = lm.layers[i]
         rem = np.setdiff1d(np.arange(ad.n_neurons(layer)), selection.keep_neurons[i])
-        W_R = _w(ad, layer, ad.down)[:, torch.as_tensor(rem)]
+        W_R = _w(layer, ad.down)[:, torch.as_tensor(rem)]
         mlp_b[i] = W_R @ c
         mlp_w[i] = W_R @ A
     return mlp_b, attn_b, mlp_w
@@ -166,13 +175,11 @@ def apply_selection(lm, selection: Selection, stats: CalibStats | None = None, *
     lm = as_loaded(lm)
     ad = lm.adapter
     mode = _resolve_compensation(compensation, bias_compensation)
-    if mode != "none" and stats is None:
-        raise FuncnetError(f"{mode} compensation needs calibration statistics (or pass bias_compensation=False)")
     comp_mlp, comp_attn, comp_w = compensation_terms(lm, selection, stats, mode=mode, ridge=ridge, networks=networks,
                                                      max_regressors=max_regressors)
     for i, layer in enumerate(lm.layers):
         if selection.keep_heads and selection.keep_heads.get(i) is not None:
-            hc = shrink.layer_head_config(ad, lm.model, layer)
+            hc = _head_config(lm, i)
             if len(selection.keep_heads[i]) < hc.n_kv_heads:
                 shrink.slice_heads(ad, layer, hc, selection.keep_heads[i], comp_attn.get(i))
         if len(selection.keep_neurons[i]) < ad.n_neurons(layer):

@@ -1,29 +1,43 @@
 """``prune()``: calibration, scores, selection, compensation and shrink in one call."""
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from funcnet._version import __version__
 from funcnet.core.models import LoadedModel, as_loaded
 from funcnet.errors import FuncnetError
 from funcnet.prune.calibration import CalibStats, calibration_stats
-from funcnet.prune.compensation import (DEFAULT_COMPENSATION, DEFAULT_LS_FN_REGRESSORS,
-                                        DEFAULT_MAX_COVARIANCE_BYTES, DEFAULT_RIDGE, _apply_in_chunks,
-                                        _resolve_compensation, apply_selection)
+from funcnet.prune.compensation import (
+    DEFAULT_COMPENSATION,
+    DEFAULT_LS_FN_REGRESSORS,
+    DEFAULT_MAX_COVARIANCE_BYTES,
+    DEFAULT_RIDGE,
+    _apply_in_chunks,
+    _resolve_compensation,
+    apply_selection,
+)
 from funcnet.prune.network_scores import imp_fn, imp_fn_threshold, networks_for_pruning
-from funcnet.prune.registry import DEFAULT_ALLOCATION, METHODS, NEEDS_CALIB, compute_importance
-from funcnet.prune.scores import Importance
-from funcnet.prune.selection import DEFAULT_PROTECT, Selection, _parse_protect, param_counts, select
+from funcnet.prune.registry import DEFAULT_ALLOCATION, compute_importance, get_method
+from funcnet.prune.scores import Importance, _load_networks, _networks_checked
+from funcnet.prune.selection import (
+    DEFAULT_PROTECT,
+    Selection,
+    _check_ratio,
+    _parse_protect,
+    param_counts,
+    select,
+)
+
+log = logging.getLogger(__name__)
+
+#: options of a ``fn`` / ``fn-threshold`` run that go to :func:`networks_for_pruning` (under that name)
+_NETWORK_OPTIONS = {"n_groups": "n_groups", "group_size": "group_size", "n_components": "n_components",
+                    "fn_method": "method", "n_init": "n_init", "fn_max_length": "max_length"}
 
 
-
-
-
-# =============================================================================================
-# driver
-# =============================================================================================
 @dataclass
 class PruneResult:
     lm: LoadedModel
@@ -72,7 +86,14 @@ def prune(
     ``stats`` when it has one (``calibration_stats(covariance=True)``), else computed here from
     ``calib`` within ``max_covariance_bytes`` (in one pass when it fits, else in chunks of layers,
     each calibrated on the dense model and shrunk before the next, last layers first); ``ls-fn``
-    also needs ``networks``."""
+    also needs ``networks``.
+
+    Stages: what the run needs (calibration statistics, their covariance, functional networks) is
+    read off the method's :class:`~funcnet.prune.registry.PruningMethod` record for ``method_kw``
+    (e.g. ``score=``) and off the compensation; given ``networks`` are checked against the model
+    once, given ``stats`` are used as they are, the rest is computed here (statistics from
+    ``calib``, networks with :func:`networks_for_pruning`); then scores, :func:`select` and
+    compensation + shrink."""
 
     lm = as_loaded(model, tokenizer)
     comp = _resolve_compensation(compensation if compensation is not None else
@@ -81,67 +102,73 @@ def prune(
     if comp.startswith("ls") and stats is not None and not stats.has_covariance and calib is None:
         raise FuncnetError(f"compensation '{comp}' needs calibration statistics recorded with covariance=True "
                            "(or calib= to compute the covariance here)")
-    name = method if isinstance(method, str) else getattr(method, "__name__", "custom")
+    # what the run needs: from the method's registry record (unless scores are given) and the compensation
     if keep_masks is not None:
-        name = "fn-threshold"
+        rec, name = None, "fn-threshold"
     elif importance is not None:
-        name = getattr(importance, "method", "") or "fn"
-    if isinstance(method, str) and method not in METHODS and importance is None and keep_masks is None:
-        raise FuncnetError(f"unknown pruning method '{method}'; choose from {', '.join(METHODS)}")
-    if keep_masks is None and importance is None and name != "fn-threshold":
-        if ratio is None or not (0.0 < float(ratio) < 1.0):
-            raise FuncnetError(f"ratio must be in (0, 1), got {ratio}")
+        rec, name = None, getattr(importance, "method", "") or "fn"
+    else:
+        rec = get_method(method)
+        name = rec.name
+        if rec.exact_ratio:
+            _check_ratio(ratio)
+    scores_need_stats = rec is not None and rec.stats_needed(**method_kw)
+    scores_need_cov = rec is not None and rec.covariance_needed(**method_kw)
+    scores_need_networks = rec is not None and rec.networks_needed(**method_kw)
+    if scores_need_cov and stats is not None and not stats.has_covariance:
+        raise FuncnetError(f"method '{name}' with score '{method_kw.get('score')}' needs calibration statistics "
+                           "recorded with covariance=True (or calib= instead of stats= to compute them here)")
+    if comp == "ls-fn" and networks is None and not scores_need_networks:
+        raise FuncnetError("compensation 'ls-fn' needs functional networks (networks=, --networks)")
+    checked = None  # networks checked against the (still dense) model once: the stages reuse them
+    if networks is not None and (scores_need_networks or comp == "ls-fn"):
+        networks = checked = _load_networks(networks, lm)
     t0 = time.time()
     before = param_counts(lm)
-    need_stats = bias_compensation or name in NEEDS_CALIB or (
-        name == "fn" and importance is None and method_kw.get("score") in (None, "fn-flap", "fn-flap-freq"))
-    if stats is None and need_stats:
+    if stats is None and (bias_compensation or scores_need_stats):
         if calib is None:
-            raise FuncnetError(
-                f"method '{name}'{' with bias compensation' if bias_compensation else ''} needs calibration text (calib=)"
-            )
+            raise FuncnetError(f"method '{name}'{f' with compensation {comp!r}' if bias_compensation else ''} "
+                               "needs calibration text (calib=)")
         cov_layers = None
-        if comp.startswith("ls"):
+        if comp.startswith("ls") or scores_need_cov:
             prot = set(_parse_protect(protect, lm.n_layers))
             cov_layers = [i for i in range(lm.n_layers) if i not in prot]
             if sum(lm.adapter.n_neurons(lm.layers[i]) ** 2 * 8 for i in cov_layers) > max_covariance_bytes:
-                cov_layers = None  # too big for one pass: chunks after selection
+                cov_layers = None  # too big for one pass: compensation in chunks after selection
+                if scores_need_cov:
+                    log.warning("the covariance exceeds max_covariance_bytes: method '%s' scores without it", name)
         stats = calibration_stats(lm, calib, calib_tokens=calib_tokens, max_length=max_length,
                                   batch_size=batch_size, heads=heads, covariance=cov_layers is not None,
                                   covariance_layers=cov_layers)
-    if keep_masks is not None:
-        imp = imp_fn_threshold(lm, keep_masks=keep_masks)
-    elif importance is not None:
-        imp = importance if isinstance(importance, Importance) else imp_fn(lm, importance=importance)
-    else:
-        kw = dict(method_kw)
-        if networks is None and name in ("fn", "fn-threshold"):
-            if calib is None:
-                raise FuncnetError(f"method '{name}' needs functional networks (networks=) or calibration text (calib=)")
-
-            fn_keys = ("n_groups", "group_size", "n_components", "fn_method", "n_init", "fn_max_length")
-            fkw = {k: kw.pop(k) for k in fn_keys if k in kw}
-            if "fn_method" in fkw:
-                fkw["method"] = fkw.pop("fn_method")
-            if "fn_max_length" in fkw:
-                fkw["max_length"] = fkw.pop("fn_max_length")
-            networks = networks_for_pruning(lm, calib, seed=seed, **fkw)
-        if networks is not None:
-            kw["networks"] = networks
-        imp = compute_importance(method, lm, stats, seed=seed, heads=heads, **kw)
-    alloc = allocation or DEFAULT_ALLOCATION.get(imp.method or name, "global")
-    sel = select(lm, imp, ratio, of=of, allocation=alloc, protect=protect, heads=heads,
-                 bias_compensation=bias_compensation)
-    if comp == "ls-fn" and networks is None:
-        raise FuncnetError("compensation 'ls-fn' needs functional networks (networks=, --networks)")
-    pruned_layers = [i for i in range(lm.n_layers) if len(sel.keep_neurons[i]) < lm.adapter.n_neurons(lm.layers[i])]
-    if comp.startswith("ls") and any(i not in stats.neuron_xtx for i in pruned_layers):
-        _apply_in_chunks(lm, sel, calib, comp, pruned_layers, max_covariance_bytes, ridge=ridge, networks=networks,
-                         max_regressors=ls_max_regressors, calib_tokens=calib_tokens, max_length=max_length,
-                         batch_size=batch_size, heads=heads)
-    else:
-        apply_selection(lm, sel, stats, compensation=comp, ridge=ridge, networks=networks,
-                        max_regressors=ls_max_regressors)
+    if networks is None and scores_need_networks:
+        if calib is None:
+            raise FuncnetError(f"method '{name}' needs functional networks (networks=) or calibration text (calib=)")
+        fkw = {k: method_kw.pop(k) for k in _NETWORK_OPTIONS if k in method_kw}
+        # computed from this model: nothing to check
+        networks = checked = networks_for_pruning(lm, calib, seed=seed,
+                                                  **{_NETWORK_OPTIONS[k]: v for k, v in fkw.items()})
+    with _networks_checked(checked):
+        if keep_masks is not None:
+            imp = imp_fn_threshold(lm, keep_masks=keep_masks)
+        elif importance is not None:
+            imp = importance if isinstance(importance, Importance) else imp_fn(lm, importance=importance)
+        else:
+            kw = dict(method_kw)
+            if networks is not None:
+                kw["networks"] = networks
+            imp = compute_importance(rec.score, lm, stats, seed=seed, heads=heads, **kw)
+        alloc = allocation or DEFAULT_ALLOCATION.get(imp.method or name, "global")
+        sel = select(lm, imp, ratio, of=of, allocation=alloc, protect=protect, heads=heads,
+                     bias_compensation=bias_compensation)
+        pruned_layers = [i for i in range(lm.n_layers)
+                         if len(sel.keep_neurons[i]) < lm.adapter.n_neurons(lm.layers[i])]
+        if comp.startswith("ls") and any(i not in stats.neuron_xtx for i in pruned_layers):
+            _apply_in_chunks(lm, sel, calib, comp, pruned_layers, max_covariance_bytes, ridge=ridge,
+                             networks=networks, max_regressors=ls_max_regressors, calib_tokens=calib_tokens,
+                             max_length=max_length, batch_size=batch_size, heads=heads)
+        else:
+            apply_selection(lm, sel, stats, compensation=comp, ridge=ridge, networks=networks,
+                            max_regressors=ls_max_regressors)
     after = param_counts(lm)
     achieved = (before[of] - after[of]) / before[of]
     report = {

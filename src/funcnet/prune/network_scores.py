@@ -8,20 +8,21 @@ from funcnet.core.models import LoadedModel, as_loaded
 from funcnet.data.corpus import load_corpus, tokenize
 from funcnet.errors import FuncnetError
 from funcnet.networks import FunctionalNetworks, decompose, ensure_store
-from funcnet.prune.scores import Importance, _load_networks, _need, conditional_fluctuation, imp_flap, imp_wanda_sp
+from funcnet.prune.scores import (
+    Importance,
+    _as_importance,
+    _load_networks,
+    _need,
+    conditional_fluctuation,
+    imp_flap,
+    imp_wanda_sp,
+)
 
-
-"""Functional-network scores for pruning: per-neuron importance from the networks' maps, the
-reference keep-the-key-neurons masks, and the networks a pruning run finds for itself."""
-
-
-
-
-# ---------------------------------------------------------------------------- pruning support
 #: functional-network scores of :func:`pruning_importance`; the "fn-flap*" ones also need ``lm`` and ``stats``
 FN_SCORES = ("max_abs_z", "max_pos_z", "frequency", "fn-flap", "fn-flap-freq", "fn-wanda")
 
 
+#: the scores of :func:`pruning_importance` that need the model and calibration statistics
 FN_STATS_SCORES = ("fn-flap", "fn-flap-freq", "fn-wanda")
 
 
@@ -88,7 +89,8 @@ def networks_for_pruning(lm, calib="builtin", *, n_groups: int = 4, group_size: 
                          max_length: int = 128, method: str = "reference", n_init: int = 1, signals=("neurons",),
                          store: str | None = None, seed: int = 0, progress: bool = True, **ica) -> FunctionalNetworks:
     """Per-layer functional networks of ``lm`` from ``n_groups`` groups of ``group_size`` calibration
-    texts (the reference: 80 groups of 40 texts, k = 128, one ICA run per group and layer)."""
+    texts (the reference: 80 groups of 40 texts, k = 128, one ICA run per group and layer). Made
+    from ``lm`` itself (its identity is recorded), so they need no check against it."""
 
     corpus = calib if hasattr(calib, "documents") else load_corpus(calib, split="calib")
     need = n_groups * group_size
@@ -103,8 +105,21 @@ def networks_for_pruning(lm, calib="builtin", *, n_groups: int = 4, group_size: 
                      model_identity=lm.identity, neurons_per_layer=lm.adapter.neurons_per_layer(lm.model), **ica)
 
 
+def _fn_needs_stats(score: str | None = None, **_) -> bool:
+    """Method ``fn`` needs calibration statistics for its default score, the "fn-flap*" / "fn-wanda"
+    scores and "fn-cond"; the pure network scores ("max_abs_z", "max_pos_z", "frequency") need none."""
+    return score is None or score in FN_STATS_SCORES or score == "fn-cond"
+
+
+def _fn_needs_covariance(score: str | None = None, **_) -> bool:
+    """The score "fn-cond" conditions on network co-members: it needs the neurons' covariance."""
+    return score == "fn-cond"
+
+
 def imp_fn(lm: LoadedModel, stats=None, *, heads: bool = False, networks=None, importance=None, **kw) -> Importance:
-    """Functional-network importance from funcnet.networks (or a ready ``importance`` dict)."""
+    """Functional-network importance: :func:`pruning_importance` of ``networks`` (``score=`` ...), or
+    with ``score="fn-cond"`` WIFV conditioned on each neuron's network co-members
+    (:func:`conditional_fluctuation`), or a ready ``importance`` dict."""
     if importance is None and kw.get("score") == "fn-cond":
         # network redundancy: WIFV with only the variance the neuron's network co-members cannot explain
         _need(stats, False)
@@ -117,7 +132,7 @@ def imp_fn(lm: LoadedModel, stats=None, *, heads: bool = False, networks=None, i
     if importance is None:
         networks = _load_networks(networks, lm)
         importance = pruning_importance(networks, lm, stats=stats, **kw)
-    return Importance({int(k): np.asarray(v, dtype=np.float64) for k, v in importance.items()}, None, method="fn")
+    return _as_importance(importance, method="fn")
 
 
 def imp_fn_threshold(lm: LoadedModel, stats=None, *, networks=None, keep_masks=None, **kw) -> Importance:

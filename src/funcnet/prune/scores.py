@@ -1,15 +1,17 @@
 """Importance scores of MLP neurons (and key/value groups): random, magnitude, Wanda-sp, FLAP
-(WIFV, conditional), higher = keep."""
+(WIFV, conditional), higher = keep; and the one check of functional networks against the model."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from funcnet.core import shrink
-from funcnet.core.adapters import weight_out_in
+from funcnet.core.adapters import HeadConfig, weight_out_in
 from funcnet.core.models import LoadedModel
 from funcnet.errors import FuncnetError
 from funcnet.networks import FunctionalNetworks
@@ -17,9 +19,6 @@ from funcnet.prune._linalg import _ridge_solve, _strongest
 from funcnet.prune.calibration import CalibStats
 
 
-# =============================================================================================
-# 2. importance
-# =============================================================================================
 @dataclass
 class Importance:
     """Per-layer scores, higher = keep. ``heads`` scores whole key/value groups."""
@@ -30,8 +29,19 @@ class Importance:
     method: str = ""
 
 
-def _w(adapter, layer, path) -> torch.Tensor:
+def _as_importance(scores: dict, method: str = "") -> Importance:
+    """``{layer: scores}`` (any keys / array types) as float64 :class:`Importance`."""
+    return Importance({int(k): np.asarray(v, dtype=np.float64) for k, v in scores.items()}, None, method=method)
+
+
+def _w(layer, path) -> torch.Tensor:
+    """The weight [out, in] of module ``path`` of ``layer``, float64 on the CPU."""
     return weight_out_in(layer.get_submodule(path)).detach().to("cpu", torch.float64)
+
+
+def _down_sq(ad, layer) -> torch.Tensor:
+    """||W_down[:, j]||^2 of every neuron j of ``layer`` (float64)."""
+    return (_w(layer, ad.down) ** 2).sum(0)
 
 
 def _group_channel_scores(ch: np.ndarray, hc) -> np.ndarray:
@@ -39,7 +49,8 @@ def _group_channel_scores(ch: np.ndarray, hc) -> np.ndarray:
     return ch.reshape(hc.n_kv_heads, -1).mean(1)
 
 
-def _head_config(lm: LoadedModel, i: int):
+def _head_config(lm: LoadedModel, i: int) -> HeadConfig:
+    """Attention heads of layer ``i`` as they are now (pruned layers may have fewer)."""
     return shrink.layer_head_config(lm.adapter, lm.model, lm.layers[i])
 
 
@@ -55,16 +66,16 @@ def imp_magnitude(lm: LoadedModel, stats=None, *, heads: bool = False, **_) -> I
     neurons, hs = {}, {} if heads else None
     for i, layer in enumerate(lm.layers):
         w = ad.n_neurons(layer)
-        sq = (_w(ad, layer, ad.down) ** 2).sum(0)
+        sq = _down_sq(ad, layer)
         if ad.gate_up is not None:
-            gu = (_w(ad, layer, ad.gate_up) ** 2).sum(1)
+            gu = (_w(layer, ad.gate_up) ** 2).sum(1)
             sq = sq + gu[:w] + gu[w:]
         for p in (ad.gate, ad.up):
             if p is not None:
-                sq = sq + (_w(ad, layer, p) ** 2).sum(1)
+                sq = sq + (_w(layer, p) ** 2).sum(1)
         neurons[i] = sq.sqrt().numpy()
         if heads:
-            o = (_w(ad, layer, ad.o_proj) ** 2).sum(0).numpy()
+            o = (_w(layer, ad.o_proj) ** 2).sum(0).numpy()
             hs[i] = np.sqrt(_group_channel_scores(o, _head_config(lm, i)))
     return Importance(neurons, hs, method="magnitude")
 
@@ -83,9 +94,9 @@ def imp_wanda_sp(lm: LoadedModel, stats: CalibStats | None = None, *, heads: boo
     neurons, hs = {}, {} if heads else None
     for i, layer in enumerate(lm.layers):
         norm = np.sqrt(stats.sq_norm(i))
-        neurons[i] = _w(ad, layer, ad.down).abs().mean(0).numpy() * norm
+        neurons[i] = _w(layer, ad.down).abs().mean(0).numpy() * norm
         if heads:
-            ch = _w(ad, layer, ad.o_proj).abs().mean(0).numpy() * np.sqrt(stats.sq_norm(i, "heads"))
+            ch = _w(layer, ad.o_proj).abs().mean(0).numpy() * np.sqrt(stats.sq_norm(i, "heads"))
             hs[i] = _group_channel_scores(ch, _head_config(lm, i))
     return Importance(neurons, hs, method="wanda-sp")
 
@@ -102,7 +113,7 @@ def conditional_fluctuation(lm: LoadedModel, stats: CalibStats, *, ridge: float 
         networks = _load_networks(networks, lm)
     out = {}
     for i, layer in enumerate(lm.layers):
-        w2 = (_w(ad, layer, ad.down) ** 2).sum(0)
+        w2 = _down_sq(ad, layer)
         if i not in stats.neuron_xtx:
             out[i] = (torch.as_tensor(stats.var(i)) * w2).numpy()
             continue
@@ -140,20 +151,43 @@ def imp_flap(lm: LoadedModel, stats: CalibStats | None = None, *, heads: bool = 
         raise FuncnetError(f"unknown flap score '{score}' (wifv, cond)")
     cond = conditional_fluctuation(lm, stats, ridge=cond_ridge) if score == "cond" else None
     for i, layer in enumerate(lm.layers):
-        neurons[i] = stats.var(i) * (_w(ad, layer, ad.down) ** 2).sum(0).numpy()
+        neurons[i] = stats.var(i) * _down_sq(ad, layer).numpy()
         if cond is not None:
             neurons[i] = neurons[i] ** (1 - cond_power) * cond[i] ** cond_power
         if heads:
-            ch = stats.var(i, "heads") * (_w(ad, layer, ad.o_proj) ** 2).sum(0).numpy()
+            ch = stats.var(i, "heads") * (_w(layer, ad.o_proj) ** 2).sum(0).numpy()
             hs[i] = _group_channel_scores(ch, _head_config(lm, i))
     return Importance(neurons, hs, method="flap")
 
 
+def _flap_needs_covariance(score: str | None = None, **_) -> bool:
+    """FLAP's score "cond" conditions on the other neurons: it needs their covariance."""
+    return score == "cond"
+
+
+#: the networks object that the running :func:`prune` has checked against its model (at the start,
+#: while the model is dense): its stages use it without checking again, also after compensation
+#: has shrunk some layers (chunked least squares)
+_CHECKED_NETWORKS: ContextVar[object | None] = ContextVar("funcnet_prune_checked_networks", default=None)
+
+
+@contextmanager
+def _networks_checked(networks):
+    """Within the block, :func:`_load_networks` takes ``networks`` as already checked."""
+    token = _CHECKED_NETWORKS.set(networks)
+    try:
+        yield networks
+    finally:
+        _CHECKED_NETWORKS.reset(token)
+
+
 def _load_networks(networks, lm) -> FunctionalNetworks:
-    """A networks file or object, checked against ``lm`` (refused when made from another model)."""
+    """A networks file or object, checked against ``lm`` with :meth:`FunctionalNetworks.check_model`
+    (refused when made from another model), unless the running :func:`prune` has checked it."""
     if networks is None:
         raise FuncnetError("method 'fn' needs functional networks (--networks FILE)")
     if isinstance(networks, (str, os.PathLike)):
         return FunctionalNetworks.load(networks, model=lm)
-    networks.check_model(lm)
+    if networks is not _CHECKED_NETWORKS.get():
+        networks.check_model(lm)
     return networks

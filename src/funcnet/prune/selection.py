@@ -7,14 +7,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from funcnet.core import shrink
-from funcnet.core.adapters import weight_out_in
+from funcnet.core.adapters import out_features
 from funcnet.core.models import LoadedModel, as_loaded, count_parameters
 from funcnet.core.shrink import bias_missing as _bias_missing
 from funcnet.errors import FuncnetError
 from funcnet.prune._linalg import _standardize
-from funcnet.prune.scores import Importance
-
+from funcnet.prune.scores import Importance, _head_config
 
 DENOMINATORS = ("mlp", "attn+mlp", "all")
 
@@ -25,9 +23,6 @@ ALLOCATIONS = ("global", "uniform")
 DEFAULT_PROTECT = (3, 2)
 
 
-# =============================================================================================
-# 3. selection
-# =============================================================================================
 @dataclass
 class Selection:
     keep_neurons: dict[int, np.ndarray]  # sorted kept neuron indices per layer
@@ -55,6 +50,11 @@ def _parse_protect(protect, n_layers: int) -> list[int]:
         raise FuncnetError(f"protect must be (first, last) layer counts >= 0, got {protect}")
     first, last = int(protect[0]), int(protect[1])
     return sorted(set(range(min(first, n_layers))) | set(range(max(n_layers - last, 0), n_layers)))
+
+
+def _check_ratio(ratio) -> None:
+    if ratio is None or not (0.0 < float(ratio) < 1.0):
+        raise FuncnetError(f"ratio must be in (0, 1), got {ratio}")
 
 
 def param_counts(lm: LoadedModel) -> dict:
@@ -93,7 +93,7 @@ def select(
     denom = counts[of]
     widths = [ad.n_neurons(l) for l in layers]
     ppn = [ad.params_per_neuron(l) for l in layers]
-    hidden_out = [weight_out_in(ad.down_proj(l)).shape[0] for l in layers]
+    hidden_out = [out_features(ad.down_proj(l)) for l in layers]
     mlp_bias_cost = [hidden_out[i] if (bias_compensation and _bias_missing(layers[i], ad.down)) else 0 for i in range(n)]
 
     if importance.keep_masks is not None:  # threshold rule: the masks decide
@@ -115,12 +115,11 @@ def select(
             removed += k * ppn[i] - (mlp_bias_cost[i] if k else 0)
         return Selection(keep, None, None, denom, of, allocation, protected, removed)
 
-    if ratio is None or not (0.0 < float(ratio) < 1.0):
-        raise FuncnetError(f"ratio must be in (0, 1), got {ratio}")
+    _check_ratio(ratio)
     target = float(ratio) * denom
 
-    hc = {i: shrink.layer_head_config(ad, lm.model, layers[i]) for i in range(n)} if heads else {}
-    o_out = {i: weight_out_in(layers[i].get_submodule(ad.o_proj)).shape[0] for i in range(n)}
+    hc = {i: _head_config(lm, i) for i in range(n)} if heads else {}
+    o_out = {i: out_features(layers[i].get_submodule(ad.o_proj)) for i in range(n)}
     o_bias_cost = {i: (o_out[i] if (bias_compensation and _bias_missing(layers[i], ad.o_proj)) else 0) for i in range(n)}
     o_bias_numel = {i: (0 if _bias_missing(layers[i], ad.o_proj) else o_out[i]) for i in range(n)}
     gcost = {i: (ad.attn_param_count(layers[i]) - o_bias_numel[i]) // hc[i].n_kv_heads for i in hc}
