@@ -16,7 +16,7 @@ from funcnet import prune as P
 from funcnet.errors import FuncnetError
 from funcnet.core.models import as_loaded
 from funcnet.networks import Decomposition, FunctionalNetworks
-from funcnet.prune import pruning_importance, pruning_keep_masks
+from funcnet.prune import DEFAULT_FN_SCORE, pruning_importance, pruning_keep_masks
 
 os.environ.setdefault("FUNCNET_NO_PROGRESS", "1")
 I, L = 16, 4
@@ -123,8 +123,6 @@ def test_bench_method_names():
 def test_fn_default_score_uses_stats_when_given():
     lm = as_loaded(tiny(), None)
     nets, st = toy_networks(), stats_for(lm)
-    from funcnet.prune import DEFAULT_FN_SCORE
-
     dflt = pruning_importance(nets, lm, stats=st)
     named = pruning_importance(nets, lm, score=DEFAULT_FN_SCORE, stats=st)
     assert all(np.array_equal(dflt[l], named[l]) for l in range(L))
