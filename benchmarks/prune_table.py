@@ -45,6 +45,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import funcnet
+from funcnet import prune as P
+from funcnet.core._io import cache_dir
+from funcnet.data.corpus import load_corpus
+from funcnet.evaluate import perplexity
+from funcnet.networks import FunctionalNetworks
+from funcnet.prune import networks_for_pruning, pruning_keep_masks
+
 DOMAINS = ("prose", "code", "math")
 DEFAULT_METHODS = ("dense", "random", "magnitude", "wanda-sp", "flap", "fn", "fn-nocomp", "fn:max_abs_z",
                    "fn:max_abs_z+nocomp", "fn-threshold")
@@ -100,10 +108,6 @@ def parse_method(name: str) -> dict:
 
 def networks_cached(lm, calib, *, n_groups, group_size, n_components, fn_method, seed, refresh=False):
     """Functional networks of ``lm`` on the calib split, cached in $FUNCNET_CACHE/prune_bench."""
-    from funcnet.core._io import cache_dir
-    from funcnet.networks import FunctionalNetworks
-    from funcnet.prune import networks_for_pruning
-
     key = f"{lm.identity[:16]}-g{n_groups}x{group_size}-k{n_components}-{fn_method}-s{seed}"
     path = cache_dir() / "prune_bench" / f"networks-{key}.safetensors"
     if path.exists() and not refresh:
@@ -126,9 +130,6 @@ def threshold_masks(lm, nets, ratio, of, *, comp="bias", protect=(3, 2), iters=5
     The union of key neurons over all maps and groups with |z| > T is exactly the set of neurons
     whose largest |z| exceeds T, so the bisection works on ``score_per_neuron`` and the final masks
     come from ``pruning_keep_masks`` (checked equal)."""
-    from funcnet import prune as P
-    from funcnet.prune import pruning_keep_masks
-
     mx = nets.score_per_neuron() if mx is None else mx
     covered = {int(l) for d in nets.decompositions for l in np.unique(d.columns[:, 0])}
 
@@ -157,8 +158,6 @@ def threshold_masks(lm, nets, ratio, of, *, comp="bias", protect=(3, 2), iters=5
 
 # ------------------------------------------------------------------------------------ evaluation
 def eval_sets(split: str) -> dict[str, list[str]]:
-    from funcnet.data.corpus import load_corpus
-
     out = {}
     for d in DOMAINS:
         if split == "eval":
@@ -169,8 +168,6 @@ def eval_sets(split: str) -> dict[str, list[str]]:
 
 
 def evaluate(lm, sets, *, windows, windows512, batch_size=8) -> dict:
-    from funcnet.evaluate import perplexity
-
     res, nll_tok, correct, count = {}, 0.0, 0.0, 0
     t0 = time.perf_counter()
     for d in DOMAINS:
@@ -248,8 +245,6 @@ def speed_child(mode, path, spec, reps) -> dict:
 
 
 def speed_section(lm, spec, stats, nets, *, method, ratios, of, reps, score=None) -> list[dict]:
-    from funcnet import prune as P
-
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="funcnet-prune-bench-"))
     try:
@@ -391,10 +386,6 @@ def main(argv=None) -> int:
         args.speed_ratios, args.speed_reps = [0.5], 1
         if args.methods == list(DEFAULT_METHODS):
             args.methods = ["dense", "flap", "fn", "fn-nocomp", "fn-threshold"]
-
-    import funcnet
-    from funcnet import prune as P
-    from funcnet.data.corpus import load_corpus
 
     torch.manual_seed(args.seed)
     if args.threads:
