@@ -109,3 +109,69 @@ def test_fingerprint_compare_does_not_run_suspect_code(tmp_path, monkeypatch):
                        env={**__import__("os").environ, "HF_MODULES_CACHE": str(tmp_path / "hfmod")})
     assert r.returncode == 0, r.stderr[-2000:]
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------ --overwrite and output folders
+def test_save_pruned_never_replaces_what_funcnet_did_not_write(tmp_path, monkeypatch):
+    model, out = _pruned_folder(tmp_path)
+    # funcnet's own output: replaced
+    save_pruned(model, char_tokenizer(), out, {"method": "again"}, overwrite=True)
+    assert json.loads((out / "pruning_report.json").read_text())["method"] == "again"
+    # a user's file inside it: refused, nothing touched
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FuncnetError, match="did not write.*notes.txt"):
+        save_pruned(model, char_tokenizer(), out, {}, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    # a folder funcnet never wrote: refused
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data.bin").write_text("x")
+    with pytest.raises(FuncnetError, match="funcnet did not write it"):
+        save_pruned(model, char_tokenizer(), other, {}, overwrite=True)
+    assert (other / "data.bin").exists()
+    # the working folder, its parents, home and / are never outputs
+    monkeypatch.chdir(other)
+    for bad in (".", "..", "/", str(__import__("pathlib").Path.home())):
+        with pytest.raises(FuncnetError, match="working folder|parent of the working|home folder|filesystem root"):
+            save_pruned(model, char_tokenizer(), bad, {}, overwrite=True)
+    assert sorted(p.name for p in other.iterdir()) == ["data.bin"]
+
+
+def test_record_overwrite_only_replaces_a_store(tmp_path, monkeypatch, char_tok):
+    from funcnet.data.record import record
+
+    model = tiny_model("llama")
+    texts = ["hello world, this is text. " * 3, "more text here. " * 4]
+    out = tmp_path / "store"
+    record(model, texts, tokenizer=char_tok, out=out, progress=False)
+    with pytest.raises(FuncnetError, match="--resume to continue it or --overwrite"):
+        record(model, texts, tokenizer=char_tok, out=out, progress=False)
+    record(model, texts, tokenizer=char_tok, out=out, overwrite=True, progress=False)  # its own store: replaced
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FuncnetError, match="notes.txt"):
+        record(model, texts, tokenizer=char_tok, out=out, overwrite=True, progress=False)
+    assert (out / "notes.txt").read_text() == "mine"
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "a.txt").write_text("x")
+    with pytest.raises(FuncnetError, match="not an activation store funcnet wrote"):
+        record(model, texts, tokenizer=char_tok, out=user, overwrite=True, progress=False)
+    assert (user / "a.txt").exists()
+    monkeypatch.chdir(user)
+    with pytest.raises(FuncnetError, match="working folder"):
+        record(model, texts, tokenizer=char_tok, out=".", overwrite=True, progress=False)
+    assert [p.name for p in user.iterdir()] == ["a.txt"]
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(batch_size=0), "batch_size must be a positive"),
+    (dict(max_tokens=0), "max_tokens must be a positive"),
+    (dict(max_length=-1), "max_length must be a positive"),
+])
+def test_record_checks_arguments_before_loading_the_model(tmp_path, kw, msg):
+    from funcnet.data.record import record
+
+    # the model spec does not exist: the argument error must come first, before any loading
+    with pytest.raises(FuncnetError, match=msg):
+        record(str(tmp_path / "no-such-model"), ["text"], out=tmp_path / "s", **kw)
+    assert not (tmp_path / "s").exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
@@ -11,14 +12,110 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from funcnet._version import __version__
+from funcnet.errors import FuncnetError
+
+
+#: the file funcnet writes into every output folder it creates: which entries it wrote, so that
+#: ``--overwrite`` replaces only funcnet's own output and never a folder holding anything else
+OUTPUT_MARKER = ".funcnet-output.json"
+
+
+def protected_reason(path: str | os.PathLike) -> str | None:
+    """Why ``path`` may never be replaced or filled as an output folder (None if it may): the
+    filesystem root, the home folder, the working folder or one of its parents."""
+    p = Path(path).expanduser().absolute().resolve()
+    if p == Path(p.anchor):
+        return "the filesystem root"
+    if p == Path.home().resolve():
+        return "the home folder"
+    cwd = Path.cwd().resolve()
+    if p == cwd:
+        return "the working folder"
+    if p in cwd.parents:
+        return "a parent of the working folder"
+    return None
+
+
+def mark_output(folder: str | os.PathLike, kind: str, entries) -> None:
+    """Record in ``folder`` that funcnet wrote it (``kind``) and which top-level entries (names or
+    glob patterns) are its own."""
+    Path(folder, OUTPUT_MARKER).write_text(json.dumps(
+        {"kind": kind, "entries": sorted(set(entries) | {OUTPUT_MARKER}), "funcnet_version": __version__}, indent=1))
+
+
+def foreign_entries(folder: str | os.PathLike, *, known: Iterator[str] | None = None) -> list[str] | None:
+    """Entries of ``folder`` that funcnet did not write, or None when funcnet did not write the folder
+    at all (no marker and, for outputs of older versions, not every entry among ``known`` names)."""
+    folder = Path(folder)
+    names = sorted(e.name for e in folder.iterdir())
+    marker = folder / OUTPUT_MARKER
+    if marker.is_file():
+        try:
+            allowed = list(json.loads(marker.read_text()).get("entries", [])) + [OUTPUT_MARKER]
+        except (OSError, ValueError, AttributeError):
+            return None
+    elif known is not None:
+        allowed = list(known)
+        if not names or any(not any(fnmatch.fnmatchcase(n, a) for a in allowed) for n in names):
+            return None
+    else:
+        return None
+    return [n for n in names if not any(fnmatch.fnmatchcase(n, a) for a in allowed)]
+
+
+def check_output(path: str | os.PathLike, *, overwrite: bool = False, is_dir: bool = True, what: str = "output",
+                 owned=None) -> Path:
+    """Check an output path before any work is done; returns it as an absolute path.
+
+    Refused: a protected folder (:func:`protected_reason`), an existing path without ``overwrite``,
+    with ``overwrite`` anything funcnet did not write (``owned(path)`` -> None when it did, else the
+    reason; by default a folder whose marker names all of its entries), a file where a folder is
+    expected (or the reverse), and a place that cannot be written."""
+    p = Path(path).expanduser().absolute()
+    why = protected_reason(p)
+    if why is not None:
+        raise FuncnetError(f"{what} '{path}' is {why}; choose a new folder for --out")
+    if p.exists() or p.is_symlink():
+        if not overwrite:
+            raise FuncnetError(f"{what} '{path}' exists; pass --overwrite to replace it (or choose another --out)")
+        if is_dir != p.is_dir():
+            raise FuncnetError(f"{what} '{path}' is a {'file' if is_dir else 'folder'}; choose another --out")
+        reason = owned(p) if owned is not None else _owned_folder(p)
+        if reason is not None:
+            raise FuncnetError(f"will not replace '{path}': {reason}")
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise FuncnetError(f"cannot write {what} '{path}': no write permission in '{parent}'")
+    return p
+
+
+def _owned_folder(p: Path) -> str | None:
+    if not p.is_dir():
+        return None
+    extra = foreign_entries(p)
+    if extra is None:
+        return f"funcnet did not write it (no {OUTPUT_MARKER}); remove it yourself or choose another --out"
+    if extra:
+        return f"it holds files funcnet did not write ({', '.join(extra[:5])}); choose another --out"
+    return None
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; on success rename it onto ``path`` atomically.
 
-    On any exception the temporary file/folder is removed and ``path`` is left untouched.
+    On any exception the temporary file/folder is removed and ``path`` is left untouched. An existing
+    folder is replaced only when funcnet wrote it and it holds nothing else (see :func:`check_output`);
+    it is moved aside first and deleted only after the new one is in place.
     """
-    path = Path(path)
+    path = Path(path).expanduser().absolute()
+    if is_dir:
+        why = protected_reason(path)
+        if why is not None:
+            raise FuncnetError(f"'{path}' is {why}; choose a new folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -31,8 +128,15 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
     try:
         yield tmp
         if is_dir and path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            reason = _owned_folder(path)
+            if reason is not None:
+                raise FuncnetError(f"will not replace '{path}': {reason}")
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / "x")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 
 from funcnet._version import __version__
 from funcnet.core import shrink
-from funcnet.core._io import atomic_path, json_default as _json_default
+from funcnet.core._io import atomic_path, check_output, json_default as _json_default, mark_output
 from funcnet.core.adapters import get_adapter
 from funcnet.core.loaded import LoadedModel, _resolve_dtype, wrap_model
 from funcnet.core.shrink import update_config
@@ -170,10 +170,7 @@ def save_pruned(model, tokenizer, out_dir, report: dict | None = None, *, overwr
     and without funcnet with ``trust_remote_code=True``. Atomic (temp folder + rename)."""
     lm = wrap_model(model, tokenizer)
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise FuncnetError(f"output folder '{out}' exists; pass overwrite=True (--overwrite) to replace it")
-    if out.exists() and not out.is_dir():
-        raise FuncnetError(f"output path '{out}' is a file")
+    check_output(out, overwrite=overwrite, what="output folder")
     if not hasattr(lm.model.config, "funcnet_pruned"):
         update_config(lm)
     cfg = lm.model.config
@@ -192,6 +189,7 @@ def save_pruned(model, tokenizer, out_dir, report: dict | None = None, *, overwr
             (tmp / MODELING_NAME).write_text(src)
             rep = dict(report or lm.info.get("pruning_report") or {})
             (tmp / REPORT_NAME).write_text(json.dumps(rep, indent=2, default=_json_default))
+            mark_output(tmp, "pruned-model", [e.name for e in tmp.iterdir()])
     finally:
         cfg.auto_map = old_auto_map
         if old_auto_map is None:

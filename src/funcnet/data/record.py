@@ -16,12 +16,13 @@ import numpy as np
 import torch
 
 from funcnet._version import __version__
+from funcnet.core._io import check_output, protected_reason
 from funcnet.core.adapters import SIGNALS
 from funcnet.core.forward import forward_batches, iter_batches
 from funcnet.core.models import LoadedModel, as_loaded
 from funcnet.core.progress import progress_bar
 from funcnet.data.corpus import load_corpus, tokenize
-from funcnet.data.store import ActivationStore, plan_chunks
+from funcnet.data.store import ActivationStore, plan_chunks, store_owned
 from funcnet.errors import FuncnetError
 
 RESUME_KEYS = ("model_identity", "tokenized_identity", "signals", "layers", "dtype", "chunk_tokens")
@@ -168,6 +169,34 @@ def _run_capture(
             h.remove()
 
 
+def _check_positive(**values) -> None:
+    for name, v in values.items():
+        if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1):
+            raise FuncnetError(f"{name} must be a positive whole number, got {v!r}")
+
+
+def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Before any work: where the store goes, and whether an existing folder there may be continued
+    or replaced (only a store funcnet wrote, holding nothing else)."""
+    why = protected_reason(out)
+    if why is not None:
+        raise FuncnetError(f"store folder '{out}' is {why}; choose a new folder for --out")
+    if out.exists() and not out.is_dir():
+        raise FuncnetError(f"--out '{out}' is a file; choose a folder")
+    if not out.exists() or not any(out.iterdir()):
+        check_output(out, overwrite=True, what="store folder")  # writability
+        return
+    reason = store_owned(out)
+    complete = (out / "manifest.json").exists()
+    if complete and resume:
+        return
+    if reason is not None:
+        raise FuncnetError(f"will not write into '{out}': {reason}")
+    if complete and not overwrite:
+        raise FuncnetError(f"activation store {out} already exists; pass --resume to continue it or --overwrite")
+    check_output(out, overwrite=True, what="store folder", owned=store_owned)
+
+
 def record(
     model,
     corpus="builtin",
@@ -194,9 +223,12 @@ def record(
     recording continues at its first unfinished chunk (refused if model or corpus differ).
     """
 
-    lm = as_loaded(model, tokenizer)
     out = Path(out)
+    _check_positive(batch_size=batch_size, max_length=max_length, chunk_tokens=chunk_tokens,
+                    max_tokens=max_tokens)
     sig = parse_signals(signals)
+    _check_out(out, resume=resume, overwrite=overwrite)
+    lm = as_loaded(model, tokenizer)
     lay = parse_layers(layers, lm.n_layers)
     tok = _tokenized(corpus, lm.tokenizer, max_length=max_length, mode=mode, max_tokens=max_tokens, split=split)
     if tok.n_tokens == 0:
@@ -234,13 +266,9 @@ def record(
                         f"cannot resume {out}: it was recorded with a different {what} "
                         f"({store.manifest.get(k)!r} vs {wanted.get(k)!r}); use a new --out or --overwrite"
                     )
-        elif overwrite:
+        else:  # --overwrite (checked by _check_out: funcnet's own store, nothing else in it)
             shutil.rmtree(out)
-        else:
-            raise FuncnetError(f"activation store {out} already exists; pass --resume to continue it or --overwrite")
-    elif out.exists() and any(out.iterdir()):
-        if not (out / ".incomplete").exists() and not overwrite:
-            raise FuncnetError(f"output folder {out} exists and is not an activation store; choose another --out")
+    elif out.exists() and any(out.iterdir()):  # an interrupted creation, or --overwrite: funcnet's own
         shutil.rmtree(out)
     if store is None:
         store = ActivationStore.create(out, manifest, _token_meta(tok), widths, dtype=dtype)

@@ -24,13 +24,25 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from funcnet.core._io import write_json
+from funcnet.core._io import OUTPUT_MARKER, foreign_entries, mark_output, write_json
 from funcnet.errors import FuncnetError
 
 FORMAT = "funcnet-activation-store"
 FORMAT_VERSION = 1
 STORAGE_DTYPES = {"float16": np.float16, "float32": np.float32, "bfloat16": np.uint16}
 TOKEN_FIELDS = ("seq_ids", "doc_ids", "positions", "token_ids", "char_spans")
+#: what a store folder holds (all written by funcnet)
+STORE_ENTRIES = ("manifest.json", "progress.json", ".incomplete", "tokens", "acts", OUTPUT_MARKER)
+
+
+def store_owned(path) -> str | None:
+    """None when ``path`` is a store folder funcnet wrote that holds nothing else, else the reason."""
+    extra = foreign_entries(path, known=STORE_ENTRIES)
+    if extra is None:
+        return "it is not an activation store funcnet wrote; remove it yourself or choose another --out"
+    if extra:
+        return f"it holds files funcnet did not write ({', '.join(extra[:5])}); choose another --out"
+    return None
 
 
 def act_name(layer: int, signal: str) -> str:
@@ -163,6 +175,7 @@ class ActivationStore:
         n = int(len(token_meta["token_ids"]))
         (path / "acts").mkdir(parents=True, exist_ok=True)
         (path / "tokens").mkdir(parents=True, exist_ok=True)
+        mark_output(path, "activation-store", STORE_ENTRIES)
         (path / ".incomplete").touch()
         for name in TOKEN_FIELDS:
             np.save(path / "tokens" / f"{name}.npy", np.ascontiguousarray(token_meta[name]))
