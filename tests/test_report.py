@@ -3,7 +3,6 @@ funcnet.explore's schemas (no model needed)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -29,7 +28,7 @@ def _metrics(rng, base=20.0, spread=1.0) -> dict:
 
 
 def _summ(values: list[dict]) -> dict:
-    from funcnet.experiments._experiments import _summ as summarize
+    from funcnet.experiments.common import summarize
 
     return summarize(values, DOMAINS)
 
@@ -192,7 +191,7 @@ def test_make_figures_uses_given_nets(tmp_path, monkeypatch):
         return []
 
     monkeypatch.setattr(plots, "plot_network_map", fake)
-    monkeypatch.setattr(plots, "plot_anatomy", lambda *a, **k: [])
+    monkeypatch.setitem(plots.EXPERIMENT_FIGURES, "anatomy", plots.FigureSpec(lambda *a, **k: [], ("anatomy",)))
     plots.make_figures(res, nets=nets)
     assert seen == {"nets": nets, "ids": [0, 1, 2, 3, 4], "thr": 3.6}  # the anatomy's networks, run.json's threshold
 
@@ -335,17 +334,22 @@ def _shape(o):
 def test_synthetic_results_match_explore_schemas(tmp_path, monkeypatch):
     """The hand-built JSON files have the structure funcnet.explore writes (run with fake metrics)."""
     import contextlib
+    import importlib
     from types import SimpleNamespace
 
-    import funcnet.experiments._experiments as ex
+    import funcnet.experiments as ex
 
     rng = np.random.default_rng(0)
-    monkeypatch.setattr(ex, "measure", lambda lm, texts, **k: {
-        d: {"ppl": float(rng.uniform(10, 50)), "accuracy": 0.3, "n_tokens": 100} for d in texts})
-    for name in ("inhibit", "preserve", "amplify"):
-        monkeypatch.setattr(ex, name, lambda *a, **k: contextlib.nullcontext())
-    monkeypatch.setattr(ex, "random_like", lambda sel, lm, seed=0, **k: sel)
-    monkeypatch.setattr(ex, "rand_frac", lambda lm, f, seed=0, **k: {})
+    fakes = {"measure": lambda lm, texts, **k: {d: {"ppl": float(rng.uniform(10, 50)), "accuracy": 0.3, "n_tokens": 100}
+                                                for d in texts},
+             "inhibit": lambda *a, **k: contextlib.nullcontext(), "preserve": lambda *a, **k: contextlib.nullcontext(),
+             "amplify": lambda *a, **k: contextlib.nullcontext(), "random_like": lambda sel, lm, seed=0, **k: sel,
+             "rand_frac": lambda lm, f, seed=0, **k: {}}
+    for mod in ("common", "lesion", "preservation", "amplification", "anatomy"):
+        m = importlib.import_module(f"funcnet.experiments.{mod}")
+        for name, fake in fakes.items():
+            if hasattr(m, name):
+                monkeypatch.setattr(m, name, fake)
     lm = SimpleNamespace(adapter=SimpleNamespace(neurons_per_layer=lambda m: [WIDTH] * N_LAYERS), model=None)
     nets = synthetic_networks()
     texts = {d: ["x"] for d in DOMAINS}
@@ -367,14 +371,89 @@ def test_synthetic_results_match_explore_schemas(tmp_path, monkeypatch):
     }
     res = synthetic_results(tmp_path / "r", which=tuple(real))
     for name, obj in real.items():
-        mine = json.loads((res / f"{name}.json").read_text())
-        assert _shape(mine) == _shape(json.loads(json.dumps(obj))), name
-    # and the report renders the real dicts
-    from funcnet.core._io import write_json
+        assert isinstance(obj, ex.EXPERIMENTS[name].result_type), name
+        mine = json.loads((res / ex.EXPERIMENTS[name].result_file).read_text())
+        assert _shape(mine) == _shape(json.loads(json.dumps(obj.to_dict()))), name
+    # and the report renders the real results, written where the schema says
     from funcnet.report import render_html
 
     out = tmp_path / "real"
     for name, obj in real.items():
-        write_json(out / f"{name}.json", obj)
+        assert ex.write_result(out, obj) == out / f"{name}.json"
     page = render_html(out)
     assert "not run: no lesion.json" not in page and "&lt;script&gt;" in page
+
+
+# ---------------------------------------------------------------------------- typed results schema
+def test_schema_round_trips_every_result_file_key_for_key(results):
+    """from_dict -> to_dict gives back each JSON file of a results folder, keys in the same order."""
+    from funcnet.experiments.schema import EXPERIMENTS, RUN_FILE, RunInfo
+
+    files = {RUN_FILE: RunInfo, **{s.result_file: s.result_type for s in EXPERIMENTS.values()}}
+    for name, cls in files.items():
+        d = json.loads((results / name).read_text())
+        r = cls.from_dict(d)
+        assert isinstance(r, cls) and r.extra == {}, name
+        assert json.dumps(r.to_dict()) == json.dumps(d), name
+
+
+def test_load_results_gives_typed_results_or_none(tmp_path):
+    from funcnet.experiments.schema import (AmplificationResult, LesionResult, RunInfo, load_results, write_result)
+
+    res = synthetic_results(tmp_path / "r", which=("run", "lesion"))
+    (res / "amplify.json").write_text("{}")  # an empty file counts as not run
+    got = load_results(res)
+    assert list(got) == ["run", "anatomy", "lesion", "preserve", "amplify", "recurrence"]
+    assert isinstance(got["run"], RunInfo) and isinstance(got["lesion"], LesionResult)
+    assert got["anatomy"] is None and got["amplify"] is None and got["recurrence"] is None
+    assert got["run"].threshold == 3.6 and got["lesion"].domains == DOMAINS
+    # an older file: missing keys take defaults, unknown keys survive a rewrite
+    old = AmplificationResult.from_dict({"experiment": "amplify", "curves": [], "note": "x"})
+    assert old.how == "scale" and old.best == {} and old.extra == {"note": "x"}
+    assert write_result(tmp_path / "o", old) == tmp_path / "o" / "amplify.json"
+    assert json.loads((tmp_path / "o" / "amplify.json").read_text())["note"] == "x"
+    (res / "lesion.json").write_text("[1, 2]")
+    with pytest.raises(FuncnetError, match="lesion.json"):
+        load_results(res)
+
+
+def test_registry_is_the_one_list_of_result_files_figures_and_sections():
+    """Every experiment of the registry has its figures and its report section; file names come
+    from the registry only."""
+    from funcnet.experiments.schema import (EXPERIMENTS, NETWORKS_FILE, RESULT_FILES, RUN_FILE)
+    from funcnet.report import html, plots
+
+    assert RESULT_FILES == (RUN_FILE, NETWORKS_FILE, "anatomy.json", "lesion.json", "preserve.json", "amplify.json",
+                            "recurrence.json")
+    assert plots.RESULT_FILES is RESULT_FILES and html.RESULT_FILES is RESULT_FILES
+    assert set(plots.EXPERIMENT_FIGURES) == set(EXPERIMENTS) == set(html.EXPERIMENT_SECTIONS)
+    assert all(src in RESULT_FILES for srcs in plots.FIGURES.values() for src in srcs)
+    for name, spec in EXPERIMENTS.items():
+        assert spec.name == name and spec.result_type.experiment == name
+        assert (html.EXPERIMENT_SECTIONS[name].anchor, spec.title) in html.SECTIONS
+    assert [t for _, t in html.SECTIONS] == ["Model and corpus", "Functional networks", "Recurrence", "Lesion",
+                                             "Preservation", "Amplification", "Top-activating contexts and anatomy"]
+
+
+def test_report_is_the_same_from_rewritten_results(made, tmp_path):
+    """Reading every result through the schema and writing it back changes nothing in the page."""
+    from funcnet.experiments.schema import load_results, write_result
+    from funcnet.report import render_html
+
+    src, _ = made
+    dst = tmp_path / "copy"
+    shutil.copytree(src, dst)
+    for r in load_results(dst).values():
+        write_result(dst, r)
+    norm = lambda page, d: re.sub(r"written [0-9: -]+\.", "", page).replace(str(d.resolve()), "DIR")
+    assert norm(render_html(dst), dst) == norm(render_html(src), src)
+
+
+def test_plots_accept_json_dicts_as_before(results):
+    """Code written against funcnet 0.1 passes the JSON dicts: threshold_of / top_network_ids read them."""
+    from funcnet.report.plots import threshold_of, top_network_ids
+
+    raw = {name: json.loads((results / f"{name}.json").read_text()) for name in ("run", "anatomy", "lesion")}
+    assert threshold_of(raw) == 3.6 and threshold_of({}) == 3.6
+    assert top_network_ids(raw) == [0, 1, 2, 3, 4]
+    assert top_network_ids({"lesion": raw["lesion"]}) == [0, 1, 2, 3, 4]

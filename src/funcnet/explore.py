@@ -1,5 +1,8 @@
 """The whole exploration of the first paper in one call: networks, anatomy, lesion, preservation,
-amplification and recurrence, written as JSON results + figures into one folder (then `funcnet report`)."""
+amplification and recurrence, written as JSON results + figures into one folder (then `funcnet report`).
+
+The experiment functions are re-exported here (``from funcnet.explore import lesion_experiment``);
+their results are the typed classes of :mod:`funcnet.experiments.schema`, which also names the files."""
 from __future__ import annotations
 
 import os
@@ -8,14 +11,17 @@ from pathlib import Path
 from typing import Sequence
 
 from funcnet._version import __version__
-from funcnet.core._io import write_json
 from funcnet.core.models import as_loaded
 from funcnet.data.corpus import load_corpus
 from funcnet.errors import FuncnetError
 from funcnet.experiments import (DOMAINS, amplification_experiment, anatomy, eval_domains, lesion_experiment,
                                  preservation_experiment, recurrence_experiment)
+from funcnet.experiments.schema import NETWORKS_FILE, RunInfo, write_result
 from funcnet.networks import FunctionalNetworks, decompose, ensure_store
 from funcnet.report.plots import make_figures
+
+__all__ = ["SIZES", "explore", "DOMAINS", "eval_domains", "anatomy", "lesion_experiment", "preservation_experiment",
+           "amplification_experiment", "recurrence_experiment"]
 
 
 # ---------------------------------------------------------------------------- pipeline
@@ -43,21 +49,20 @@ def explore(model="smollm2-135m", out: str | os.PathLike = "funcnet-results", *,
     out.mkdir(parents=True, exist_ok=True)
     lm = as_loaded(model)
     t_start = time.time()
-    run = {"model": lm.summary(), "corpus": corpus, "size": size, "params": P, "seed": seed, "threshold": threshold,
-           "timings": {}}
+    run = RunInfo(model=lm.summary(), corpus=corpus, size=size, params=P, seed=seed, threshold=threshold, timings={})
 
-    run["funcnet_version"] = __version__
+    run.funcnet_version = __version__
     store = ensure_store(lm, corpus, store=str(out / "store"), signals=["neurons"], max_tokens=P["max_tokens"])
     calib = load_corpus(corpus, split="calib")
-    run["store"] = store.summary()
+    run.store = store.summary()
     texts = eval_domains(domains, corpus)
-    nets_path = out / "networks.safetensors"
+    nets_path = out / NETWORKS_FILE
 
     def timed(name, fn):
         t0 = time.time()
         res = fn()
-        run["timings"][name] = round(time.time() - t0, 1)
-        write_json(out / "run.json", run)
+        run.timings[name] = round(time.time() - t0, 1)
+        write_result(out, run)
         return res
 
     nets = None
@@ -69,30 +74,29 @@ def explore(model="smollm2-135m", out: str | os.PathLike = "funcnet-results", *,
                                                     model_identity=lm.identity))
         nets.save(nets_path)
     if nets is not None:
-        run["networks"] = {"n": nets.n_networks, "k": P["k"], "mode": "whole",
+        run.networks = {"n": nets.n_networks, "k": P["k"], "mode": "whole",
                            "stability": [float(x) for x in nets.stability],
                            "n_keys": [int(len(nets.key_neurons(i, threshold=threshold))) for i in range(nets.n_networks)]}
     if "anatomy" in experiments:
-        write_json(out / "anatomy.json", timed("anatomy", lambda: anatomy(nets, store, calib, top=P["top"],
-                                                                          threshold=threshold)))
+        write_result(out, timed("anatomy", lambda: anatomy(nets, store, calib, top=P["top"], threshold=threshold)))
     if "lesion" in experiments:
-        write_json(out / "lesion.json", timed("lesion", lambda: lesion_experiment(
+        write_result(out, timed("lesion", lambda: lesion_experiment(
             lm, nets, texts, top=P["top"], n_random=P["n_random"], seed=seed, threshold=threshold,
             max_windows=P["max_windows"], progress=progress)))
     if "preserve" in experiments:
-        write_json(out / "preserve.json", timed("preserve", lambda: preservation_experiment(
+        write_result(out, timed("preserve", lambda: preservation_experiment(
             lm, store, texts, ks=P["ks"], n_init=max(2, P["n_init"] // 2), n_random=P["preserve_random"], seed=seed,
             threshold=threshold, max_windows=P["max_windows"], progress=progress,
             nets_by_k={P["k"]: nets} if nets is not None else None)))
     if "amplify" in experiments:
-        write_json(out / "amplify.json", timed("amplify", lambda: amplification_experiment(
+        write_result(out, timed("amplify", lambda: amplification_experiment(
             lm, nets, texts, top=P["amplify_top"], factors=P["factors"], threshold=threshold,
             max_windows=P["max_windows"], progress=progress)))
     if "recurrence" in experiments:
-        write_json(out / "recurrence.json", timed("recurrence", lambda: recurrence_experiment(
+        write_result(out, timed("recurrence", lambda: recurrence_experiment(
             lm, domains=domains, corpus=corpus, n_template=P["n_template"], n_individual=P["n_individual"],
             threshold=threshold, seed=seed, workdir=out / "recurrence-stores", progress=progress)))
-    run["timings"]["total"] = round(time.time() - t_start, 1)
-    write_json(out / "run.json", run)
+    run.timings["total"] = round(time.time() - t_start, 1)
+    write_result(out, run)
     make_figures(out, nets=nets)
     return out

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from funcnet.core._io import write_json
 from funcnet.core.models import load_model
 from funcnet.experiments import (DOMAINS, amplification_experiment, eval_domains, lesion_experiment,
                                  preservation_experiment, recurrence_experiment)
+from funcnet.experiments.schema import AmplificationResult, LesionResult, write_result
 from funcnet.explore import SIZES, explore
 from funcnet.networks import FunctionalNetworks, ensure_store
 from funcnet.report import make_figures, write_report
@@ -41,15 +41,15 @@ def _ppl_str(v: float, width: int = 0) -> str:
     return f"{v:>{width}.2f}" if abs(v) < 1e5 else f"{v:>{width}.3g}"
 
 
-def _print_lesion(res):
-    d0 = res["domains"][0]
-    print(f"baseline ppl ({d0}) {_ppl_str(res['baseline'][d0]['ppl'])}")
+def _print_lesion(res: LesionResult):
+    d0 = res.domains[0]
+    print(f"baseline ppl ({d0}) {_ppl_str(res.baseline[d0]['ppl'])}")
     print(f"{'condition':>10} {'neurons':>8} {'%':>6} {'lesioned ppl':>13} {'random ppl (mean±sd)':>22}")
-    for r in res["conditions"]:
+    for r in res.conditions:
         rr = r["random"][d0]
         print(f"{r['name']:>10} {r['n_neurons']:>8} {100 * r['fraction']:>6.2f} "
               f"{_ppl_str(r['lesioned'][d0]['ppl'], 13)} {_ppl_str(rr['ppl_mean'], 12)} ± {_ppl_str(rr['ppl_std'])}")
-    rf = res["random_fraction"]
+    rf = res.random_fraction
     print(f"random {100 * rf['fraction']:.0f}% of neurons: ppl {_ppl_str(rf['result'][d0]['ppl_mean'])} ± "
           f"{_ppl_str(rf['result'][d0]['ppl_std'])}")
 
@@ -59,7 +59,7 @@ def _cmd_lesion(args):
     lm, texts, nets = _load(args)
     res = lesion_experiment(lm, nets, texts, top=args.top, n_random=args.n_random, seed=args.seed,
                             threshold=args.threshold, max_windows=args.max_windows)
-    write_json(Path(args.out) / "lesion.json", res)
+    write_result(args.out, res)
     make_figures(args.out)
     _print_lesion(res)
     return 0
@@ -72,12 +72,12 @@ def _cmd_preserve(args):
     res = preservation_experiment(lm, store, texts, ks=[int(k) for k in args.ks.split(",")], n_init=args.n_init,
                                   n_random=args.n_random, seed=args.seed, threshold=args.threshold,
                                   max_windows=args.max_windows)
-    write_json(Path(args.out) / "preserve.json", res)
+    write_result(args.out, res)
     make_figures(args.out)
-    d0 = res["domains"][0]
-    print(f"dense ppl ({d0}) {_ppl_str(res['baseline'][d0]['ppl'])}")
+    d0 = res.domains[0]
+    print(f"dense ppl ({d0}) {_ppl_str(res.baseline[d0]['ppl'])}")
     print(f"{'k':>5} {'kept %':>7} {'ppl kept':>9} {'ppl random':>11}")
-    for r in res["rows"]:
+    for r in res.rows:
         if r["preserved"] is None:
             print(f"{r['k']:>5} {'0':>7} {'-':>9} {'-':>11}")
             continue
@@ -93,23 +93,23 @@ def _cmd_amplify(args):
     res = amplification_experiment(lm, nets, texts, networks=nets_ids, top=args.top,
                                    factors=[float(x) for x in args.factors.split(",")], how=args.how,
                                    threshold=args.threshold, max_windows=args.max_windows)
-    write_json(Path(args.out) / "amplify.json", res)
+    write_result(args.out, res)
     make_figures(args.out)
     _print_amplify_best(res)
     return 0
 
 
-def _print_amplify_best(res):
+def _print_amplify_best(res: AmplificationResult):
     """Per domain, the best setting, or "none better than dense" when no setting beats the unmodified
     model (also when the identity factor is not on the grid and every setting is worse)."""
-    for d, b in res["best"].items():
+    for d, b in res.best.items():
         better = b.get("better_than_dense", b["ppl"] < b["baseline_ppl"])
         if better:
-            print(f"{d}: best network {b['network']} at {res['how']} {b['value']}: ppl {_ppl_str(b['ppl'])} "
+            print(f"{d}: best network {b['network']} at {res.how} {b['value']}: ppl {_ppl_str(b['ppl'])} "
                   f"(dense {_ppl_str(b['baseline_ppl'])})")
         else:
             print(f"{d}: none better than dense (ppl {_ppl_str(b['baseline_ppl'])}; closest: network "
-                  f"{b['network']} at {res['how']} {b['value']}: ppl {_ppl_str(b['ppl'])})")
+                  f"{b['network']} at {res.how} {b['value']}: ppl {_ppl_str(b['ppl'])})")
 
 
 def _cmd_recurrence(args):
@@ -120,12 +120,12 @@ def _cmd_recurrence(args):
                                 n_template=args.n_template, n_individual=args.n_individual, k_template=args.k,
                                 k_individual=args.k, threshold=args.threshold, seed=args.seed,
                                 workdir=Path(args.out) / "recurrence-stores")
-    write_json(Path(args.out) / "recurrence.json", res)
+    write_result(args.out, res)
     make_figures(args.out)
-    doms = res["domains"]
+    doms = res.domains
     print(f"{'template':>12} " + " ".join(f"{d:>8}" for d in doms) + "   (individual networks with IoU > "
-          f"{res['iou_threshold']})")
-    for r in res["table"]:
+          f"{res.iou_threshold})")
+    for r in res.table:
         print(f"{r['template']:>12} " + " ".join(f"{r['counts'][d]:>3}/{r['totals'][d]:<4}" for d in doms))
     return 0
 

@@ -2,8 +2,11 @@
 
 The page embeds its figures as base64 PNG and its CSS inline; it references no external URL and
 runs no JavaScript, so it can be mailed, archived, or opened offline. Every section whose result
-file is missing says "not run". Figures are (re)drawn with :func:`funcnet.plots.make_figures`
+file is missing says "not run". Figures are (re)drawn with :func:`funcnet.report.plots.make_figures`
 when they are missing or older than their results.
+
+Results are read through :mod:`funcnet.experiments.schema` (typed results); each experiment's
+section is drawn by its entry in :data:`EXPERIMENT_SECTIONS`, keyed by the experiment's name.
 """
 from __future__ import annotations
 
@@ -13,14 +16,18 @@ import html
 import math
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
 
+from funcnet._version import __version__
 from funcnet.core._io import atomic_path
 from funcnet.errors import FuncnetError
-from funcnet.report.plots import DPI, FIGURES, RESULT_FILES, load_networks, load_results, make_figures, network_color, threshold_of, top_network_ids
-from funcnet._version import __version__
+from funcnet.experiments.schema import (EXPERIMENTS, NETWORKS_FILE, RESULT_FILES, RUN_FILE, AmplificationResult,
+                                        AnatomyResult, LesionResult, PreservationResult, RecurrenceResult, Result,
+                                        RunInfo)
+from funcnet.report.plots import (DPI, EXPERIMENT_FIGURES, NETWORK_FIGURES, load_networks, load_results, make_figures,
+                                  network_color, threshold_of, top_network_ids)
 
 CSS = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;font-size:14px;line-height:1.45;color:#222;
@@ -46,10 +53,6 @@ mark{background:#ffd54f;padding:0 1px;border-radius:2px}.nl{color:#aaa}
 details{margin:6px 0 12px}summary{cursor:pointer;color:#0b5394}
 footer{margin-top:40px;font-size:12px;color:#777;border-top:1px solid #ddd;padding-top:8px}
 """
-
-SECTIONS = [("model", "Model and corpus"), ("networks", "Functional networks"), ("recurrence", "Recurrence"),
-            ("lesion", "Lesion"), ("preservation", "Preservation"), ("amplification", "Amplification"),
-            ("contexts", "Top-activating contexts and anatomy")]
 
 
 # ---------------------------------------------------------------------------- formatting
@@ -87,6 +90,11 @@ def _int(x) -> str:
 
 def _swatch(pos: int) -> str:
     return f'<span class="sw" style="background:{network_color(pos)}"></span>'
+
+
+def _or(x, default):
+    """``x``, or ``default`` when it is None (a key missing from an older result file)."""
+    return default if x is None else x
 
 
 def _get(d, *keys, default=None):
@@ -139,14 +147,13 @@ class _Figures:
 
 
 # ---------------------------------------------------------------------------- sections
-def _sec_model(res: dict) -> str:
-    run = res.get("run")
+def _sec_model(run: RunInfo | None) -> str:
     if not run:
-        return _not_run("run.json")
-    m = run.get("model") or {}
+        return _not_run(RUN_FILE)
+    m = run.model or {}
     npl = m.get("neurons_per_layer") or []
     width = (f"{npl[0]:,}" if npl and len(set(npl)) == 1 else f"{min(npl):,}–{max(npl):,}") if npl else "–"
-    st = run.get("store") or {}
+    st = run.store or {}
     pairs = [
         ("model", f"<b>{_e(m.get('spec') or '?')}</b>"),
         ("architecture", f"{_e(m.get('architecture', '?'))} (family {_e(m.get('family', '?'))})"),
@@ -157,20 +164,20 @@ def _sec_model(res: dict) -> str:
                        f"{_int(m.get('attn_parameters'))})"),
         ("dtype", _e(m.get("dtype", "?"))),
         ("model identity", f"<code>{_e(str(m.get('identity', '?'))[:16])}</code>"),
-        ("corpus", _e(run.get("corpus", "?"))),
+        ("corpus", _e(_or(run.corpus, "?"))),
     ]
     if st:
         pairs.append(("activation store", f"{_int(st.get('n_tokens'))} tokens from {_int(st.get('n_documents'))} "
                                           f"documents, {_int(st.get('layers'))} layers, {_e(st.get('size_mb', '?'))} MB"))
-    pairs += [("run size", _e(run.get("size", "?"))), ("seed", _e(run.get("seed", "?"))),
-              ("key-neuron threshold", f"|z| &gt; {_e(run.get('threshold', '?'))}"),
-              ("funcnet version", _e(run.get("funcnet_version", "?")))]
-    params = run.get("params") or {}
+    pairs += [("run size", _e(_or(run.size, "?"))), ("seed", _e(_or(run.seed, "?"))),
+              ("key-neuron threshold", f"|z| &gt; {_e(_or(run.threshold, '?'))}"),
+              ("funcnet version", _e(_or(run.funcnet_version, "?")))]
+    params = run.params or {}
     if params:
         pairs.append(("parameters of the run", "<code>" + _e(", ".join(f"{k}={v}" for k, v in params.items())) +
                       "</code>"))
     out = [_kv(pairs)]
-    t = run.get("timings") or {}
+    t = run.timings or {}
     if t:
         out.append("<h3>Timings</h3>")
         out.append(_table(["step", "seconds", "minutes"], [[_e(k), _n(v, 1), _n(_f(v) / 60, 1)] for k, v in t.items()]))
@@ -184,9 +191,9 @@ def _f(x) -> float:
         return float("nan")
 
 
-def _sec_networks(res: dict, nets, fig: _Figures) -> str:
+def _sec_networks(res: dict[str, Result | None], nets, fig: _Figures) -> str:
     if nets is None:
-        return _not_run("networks.safetensors")
+        return _not_run(NETWORKS_FILE)
     thr = threshold_of(res)
     total = int(sum(nets.neurons_per_layer))
     union = int(sum(m.sum() for m in nets.masks(threshold=thr).values()))
@@ -214,21 +221,18 @@ def _sec_networks(res: dict, nets, fig: _Figures) -> str:
                       fig("network_keys_per_layer", "Key neurons per layer, per network (stacked).")])
 
 
-def _sec_recurrence(res: dict, fig: _Figures) -> str:
-    rec = res.get("recurrence")
-    if not rec:
-        return _not_run("recurrence.json")
-    doms = rec.get("domains") or []
-    thr = rec.get("iou_threshold", "?")
-    p = rec.get("params") or {}
-    tpl = {t.get("id"): t for t in rec.get("templates") or []}
+def _sec_recurrence(rec: RecurrenceResult, fig: _Figures) -> str:
+    doms = rec.domains or []
+    thr = _or(rec.iou_threshold, "?")
+    p = rec.params or {}
+    tpl = {t.get("id"): t for t in rec.templates or []}
     intro = (f"<p>Template networks come from a group decomposition of {_e(p.get('n_template', '?'))} texts per domain "
              f"(k={_e(p.get('k_template', '?'))}); individual networks from decompositions of single other texts "
              f"({_e(p.get('n_individual', '?'))} per domain, k={_e(p.get('k_individual', '?'))}). Each cell counts "
              f"the individual networks of a domain whose key-neuron set has IoU &gt; {_e(thr)} with the template "
              f"(bold: the template's own domain).</p>")
     rows = []
-    table = rec.get("table") or []
+    table = rec.table or []
     for r in table:
         t = tpl.get(r.get("template"), {})
         cells = [_e(r.get("template")), _int(t.get("n_keys"))]
@@ -250,16 +254,16 @@ def _sec_recurrence(res: dict, fig: _Figures) -> str:
                       ])
 
 
-def _lesion_headline(les: dict) -> str:
-    conds = les.get("conditions") or []
-    doms = les.get("domains") or []
-    rf = les.get("random_fraction") or {}
+def _lesion_headline(les: LesionResult) -> str:
+    conds = les.conditions or []
+    doms = les.domains or []
+    rf = les.random_fraction or {}
     if not conds or not doms:
         return ""
     allc = next((c for c in conds if str(c.get("name", "")).startswith("all")), conds[-1])
     parts = []
     for d in doms:
-        b = _get(les, "baseline", d, "ppl")
+        b = _get(les.baseline, d, "ppl")
         l = _get(allc, "lesioned", d, "ppl")
         r = _get(allc, "random", d, "ppl_mean")
         f = _get(rf, "result", d, "ppl_mean")
@@ -284,19 +288,16 @@ def _lesion_headline(les: dict) -> str:
             f"lesioned: {'; '.join(parts)}.{verdict}</p>")
 
 
-def _sec_lesion(res: dict, fig: _Figures) -> str:
-    les = res.get("lesion")
-    if not les:
-        return _not_run("lesion.json")
-    doms = les.get("domains") or []
-    p = les.get("params") or {}
-    rf = les.get("random_fraction") or {}
+def _sec_lesion(les: LesionResult, fig: _Figures) -> str:
+    doms = les.domains or []
+    p = les.params or {}
+    rf = les.random_fraction or {}
     head = ["condition", "neurons", "% of neurons"]
     for d in doms:
         head += [f"{_e(d)}: lesioned ppl", f"{_e(d)}: random ppl (mean ± sd)", f"{_e(d)}: ratio"]
-    rows = [([_e("baseline (no lesion)"), "0", "0%"] + sum(([_n(_get(les, "baseline", d, "ppl")), "", ""]
+    rows = [([_e("baseline (no lesion)"), "0", "0%"] + sum(([_n(_get(les.baseline, d, "ppl")), "", ""]
                                                            for d in doms), []), "class=ref")]
-    for c in les.get("conditions") or []:
+    for c in les.conditions or []:
         cells = [_e(c.get("name")), _int(c.get("n_neurons")), _pct(c.get("fraction"))]
         for d in doms:
             l, rm, rs = _get(c, "lesioned", d, "ppl"), _get(c, "random", d, "ppl_mean"), _get(c, "random", d, "ppl_std")
@@ -319,18 +320,15 @@ def _sec_lesion(res: dict, fig: _Figures) -> str:
                                     "dashed: baseline.")])
 
 
-def _sec_preservation(res: dict, fig: _Figures) -> str:
-    pre = res.get("preserve")
-    if not pre:
-        return _not_run("preserve.json")
-    doms = pre.get("domains") or []
-    p = pre.get("params") or {}
+def _sec_preservation(pre: PreservationResult, fig: _Figures) -> str:
+    doms = pre.domains or []
+    p = pre.params or {}
     head = ["k", "neurons kept", "% kept"]
     for d in doms:
         head += [f"{_e(d)}: networks kept", f"{_e(d)}: random kept (mean ± sd)"]
     rows = [(["dense model", _int(p.get("total_neurons")), "100%"] +
-             sum(([_n(_get(pre, "baseline", d, "ppl")), ""] for d in doms), []), "class=ref")]
-    for r in pre.get("rows") or []:
+             sum(([_n(_get(pre.baseline, d, "ppl")), ""] for d in doms), []), "class=ref")]
+    for r in pre.rows or []:
         cells = [f"k={_e(r.get('k'))}", _int(r.get("n_neurons")), _pct(r.get("fraction"))]
         if not r.get("preserved"):
             cells += ["no key neurons", ""] * len(doms)
@@ -348,16 +346,13 @@ def _sec_preservation(res: dict, fig: _Figures) -> str:
                                           "with k) vs random (dashed, mean ± sd); dotted: dense model.")])
 
 
-def _sec_amplification(res: dict, fig: _Figures) -> str:
-    amp = res.get("amplify")
-    if not amp:
-        return _not_run("amplify.json")
-    doms = amp.get("domains") or []
-    how = amp.get("how", "scale")
+def _sec_amplification(amp: AmplificationResult, fig: _Figures) -> str:
+    doms = amp.domains or []
+    how = amp.how
     what = "factor" if how == "scale" else "added value"
     rows = []
     for d in doms:
-        b = _get(amp, "best", d) or {}
+        b = _get(amp.best, d) or {}
         ppl, base = b.get("ppl"), b.get("baseline_ppl")
         change = (ppl / base - 1) if _isnum(ppl) and _isnum(base) and base > 0 else None
         identity = _isnum(b.get("value")) and float(b["value"]) == (1.0 if how == "scale" else 0.0)
@@ -368,7 +363,7 @@ def _sec_amplification(res: dict, fig: _Figures) -> str:
         rows.append([_e(d), f"net {_e(b.get('network', '?'))}", _e(b.get("value", "?")), _n(ppl), _n(base), ch])
     best = _table(["domain", "closest-to-best network", what, "ppl", "baseline ppl", "change"], rows, left=2)
     full_rows = []
-    for j, c in enumerate(amp.get("curves") or []):
+    for j, c in enumerate(amp.curves or []):
         for pt in c.get("points") or []:
             full_rows.append([f"{_swatch(j)}net {_e(c.get('network'))}", _int(c.get("n_neurons")), _e(pt.get("value"))] +
                              [_n(_get(pt, "metrics", d, "ppl")) for d in doms] +
@@ -389,15 +384,12 @@ def _context_html(c: dict) -> str:
     return f"{part(c.get('left'))}<mark>{part(c.get('token'))}</mark>{part(c.get('right'))}"
 
 
-def _sec_contexts(res: dict, fig: _Figures) -> str:
-    ana = res.get("anatomy")
-    if not ana:
-        return _not_run("anatomy.json")
+def _sec_contexts(ana: AnatomyResult, fig: _Figures) -> str:
     out = [fig("anatomy", "Key neurons per layer of each network."),
            f'<p class="note">The tokens where each network\'s time course (mean activation of its key neurons, '
-           f"|z| &gt; {_e(ana.get('threshold', '?'))}) is highest, with their context; the token is highlighted.</p>"]
+           f"|z| &gt; {_e(_or(ana.threshold, '?'))}) is highest, with their context; the token is highlighted.</p>"]
     out.append('<div class="ctxgrid">')
-    for j, a in enumerate(ana.get("networks") or []):
+    for j, a in enumerate(ana.networks or []):
         pl = a.get("per_layer") or []
         nz = [i for i, v in enumerate(pl) if v]
         span = f"layers {nz[0]}–{nz[-1]}" if nz else "no layers"
@@ -415,16 +407,37 @@ def _sec_contexts(res: dict, fig: _Figures) -> str:
 
 
 # ---------------------------------------------------------------------------- page
+class SectionSpec(NamedTuple):
+    anchor: str                                 # the section's id in the page
+    render: Callable[[Result, _Figures], str]  # the section's HTML from the experiment's (typed) result
+
+
+#: experiment name (a key of funcnet.experiments.EXPERIMENTS) -> its section, in page order; the title
+#: is the experiment's ExperimentSpec.title
+EXPERIMENT_SECTIONS: dict[str, SectionSpec] = {
+    "recurrence": SectionSpec("recurrence", _sec_recurrence),
+    "lesion": SectionSpec("lesion", _sec_lesion),
+    "preserve": SectionSpec("preservation", _sec_preservation),
+    "amplify": SectionSpec("amplification", _sec_amplification),
+    "anatomy": SectionSpec("contexts", _sec_contexts),
+}
+
+#: (anchor, title) of every section, in page order
+SECTIONS = [("model", "Model and corpus"), ("networks", "Functional networks")] + \
+    [(sec.anchor, EXPERIMENTS[name].title) for name, sec in EXPERIMENT_SECTIONS.items()]
+
+
 def _figures_stale(d: Path, res: dict, have_nets: bool) -> bool:
     fig_dir = d / "figures"
-    for stem, srcs in FIGURES.items():
-        for src in srcs:
-            present = have_nets if src == "networks.safetensors" else res.get(src[:-5]) is not None
-            if not present:
-                continue
-            png = fig_dir / f"{stem}.png"
-            if not png.exists() or png.stat().st_mtime < (d / src).stat().st_mtime:
-                return True
+    todo = [(stem, NETWORKS_FILE, have_nets) for stem in NETWORK_FIGURES]
+    todo += [(stem, spec.result_file, res.get(name) is not None) for name, spec in EXPERIMENTS.items()
+             if name in EXPERIMENT_FIGURES for stem in EXPERIMENT_FIGURES[name].stems]
+    for stem, src, present in todo:
+        if not present:
+            continue
+        png = fig_dir / f"{stem}.png"
+        if not png.exists() or png.stat().st_mtime < (d / src).stat().st_mtime:
+            return True
     return False
 
 
@@ -435,12 +448,12 @@ def render_html(results_dir: str | os.PathLike) -> str:
     res = load_results(d)
     nets = load_networks(d)
     fig = _Figures(d / "figures")
-    bodies = {
-        "model": _sec_model(res), "networks": _sec_networks(res, nets, fig), "recurrence": _sec_recurrence(res, fig),
-        "lesion": _sec_lesion(res, fig), "preservation": _sec_preservation(res, fig),
-        "amplification": _sec_amplification(res, fig), "contexts": _sec_contexts(res, fig),
-    }
-    spec = _get(res, "run", "model", "spec") or (nets.model_spec if nets is not None else "") or d.name
+    bodies = {"model": _sec_model(res.get("run")), "networks": _sec_networks(res, nets, fig)}
+    for name, sec in EXPERIMENT_SECTIONS.items():
+        result = res.get(name)
+        bodies[sec.anchor] = _not_run(EXPERIMENTS[name].result_file) if result is None else sec.render(result, fig)
+    run = res.get("run")
+    spec = _get(run.model if run else None, "spec") or (nets.model_spec if nets is not None else "") or d.name
     nav = "".join(f'<a href="#{k}">{_e(t)}</a>' for k, t in SECTIONS)
     secs = "\n".join(f'<section id="{k}"><h2>{i + 1}. {_e(t)}</h2>\n{bodies[k]}\n</section>'
                      for i, (k, t) in enumerate(SECTIONS))

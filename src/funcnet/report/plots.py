@@ -1,31 +1,36 @@
 """Static figures of an exploration's results (PNG at 150 dpi + SVG), for papers and the HTML report.
 
-:func:`make_figures` reads the JSON results that :mod:`funcnet.explore` writes into a results
-folder (``run.json``, ``networks.safetensors``, ``anatomy.json``, ``lesion.json``,
-``preserve.json``, ``amplify.json``, ``recurrence.json``) and draws every figure whose inputs
-exist into ``<results>/figures/``. Figures are drawn on :class:`matplotlib.figure.Figure`
+:func:`make_figures` reads a results folder through :mod:`funcnet.experiments.schema` (the typed
+results of ``run.json`` and of every experiment in ``EXPERIMENTS``, and ``networks.safetensors``)
+and draws every figure whose inputs exist into ``<results>/figures/``: the network map, and for
+each experiment the figures of its entry in :data:`EXPERIMENT_FIGURES`. Figures are drawn on :class:`matplotlib.figure.Figure`
 objects with the Agg canvas, so no display (and no pyplot global state) is ever needed.
 """
 from __future__ import annotations
 
-import json
+import functools
 import math
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from funcnet.core._io import atomic_path
 from funcnet.errors import FuncnetError
-from funcnet.experiments._experiments import top_networks
+from funcnet.experiments.common import top_networks
+from funcnet.experiments.schema import (EXPERIMENTS, NETWORKS_FILE, RESULT_FILES, AmplificationResult, AnatomyResult,
+                                        LesionResult, PreservationResult, RecurrenceResult, Result, RunInfo, load_json,
+                                        load_results)
 from funcnet.networks.functional import FunctionalNetworks
+
+__all__ = ["DPI", "EXPERIMENT_FIGURES", "FIGURES", "RESULT_FILES", "FigureSpec", "load_json", "load_networks",
+           "load_results", "make_figures", "network_color", "plot_amplification", "plot_anatomy", "plot_lesion",
+           "plot_network_map", "plot_preservation", "plot_recurrence", "threshold_of", "top_network_ids"]
 
 DPI = 150
 DEFAULT_THRESHOLD = 3.6
 MAX_NETWORKS = 10  # networks drawn in the map (one distinct colour each)
-RESULT_FILES = ("run.json", "networks.safetensors", "anatomy.json", "lesion.json", "preserve.json",
-                "amplify.json", "recurrence.json")
 
 # Okabe-Ito (colour-blind safe) for domains, tab10 for networks
 DOMAIN_COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
@@ -39,48 +44,44 @@ STYLE = {
 
 
 # ---------------------------------------------------------------------------- loading
-def load_json(path: str | os.PathLike) -> dict | None:
-    """A results JSON file, or None when it does not exist."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FuncnetError(f"cannot read {path}: not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from e
-
-
-def load_results(results_dir: str | os.PathLike) -> dict:
-    """``{name: dict or None}`` for every JSON result in the folder (name without ``.json``)."""
-    d = Path(results_dir)
-    return {f[:-5]: load_json(d / f) for f in RESULT_FILES if f.endswith(".json")}
+# load_json and load_results (``{"run": RunInfo | None, <experiment>: result | None}``) come from
+# funcnet.experiments.schema, re-exported here
 
 
 def load_networks(results_dir: str | os.PathLike):
     """The folder's FunctionalNetworks, or None when ``networks.safetensors`` is missing."""
-    p = Path(results_dir) / "networks.safetensors"
+    p = Path(results_dir) / NETWORKS_FILE
     if not p.exists():
         return None
 
     return FunctionalNetworks.load(p)
 
 
-def threshold_of(res: dict) -> float:
-    run = res.get("run") or {}
-    for key, src in (("threshold", run), ("threshold", res.get("anatomy") or {})):
-        if isinstance(src.get(key), (int, float)):
-            return float(src[key])
+def _typed(res: Mapping[str, Any]) -> dict[str, Result | None]:
+    """``res`` with JSON dicts (as funcnet 0.1's load_results gave) read into their result types."""
+    types: dict[str, type[Result]] = {"run": RunInfo, **{n: s.result_type for n, s in EXPERIMENTS.items()}}
+    return {k: types[k].from_dict(v) if isinstance(v, dict) and k in types else v for k, v in res.items()}
+
+
+def threshold_of(res: Mapping[str, Any]) -> float:
+    """The key-neuron threshold of a results folder: run.json's, else the anatomy's, else 3.6."""
+    res = _typed(res)
+    for r in (res.get("run"), res.get("anatomy")):
+        t = getattr(r, "threshold", None)
+        if isinstance(t, (int, float)):
+            return float(t)
     return DEFAULT_THRESHOLD
 
 
-def top_network_ids(res: dict, nets=None, n: int = 8) -> list[int]:
+def top_network_ids(res: Mapping[str, Any], nets=None, n: int = 8) -> list[int]:
     """The networks to show: those of the anatomy, else of the lesion, else the most stable."""
+    res = _typed(res)
     ana = res.get("anatomy")
-    if ana and ana.get("networks"):
-        return [int(a["network"]) for a in ana["networks"]][:MAX_NETWORKS]
+    if ana and ana.networks:
+        return [int(a["network"]) for a in ana.networks][:MAX_NETWORKS]
     les = res.get("lesion")
-    if les and les.get("conditions"):
-        ids = [int(c["networks"][0]) for c in les["conditions"] if len(c.get("networks", [])) == 1]
+    if les and les.conditions:
+        ids = [int(c["networks"][0]) for c in les.conditions if len(c.get("networks", [])) == 1]
         if ids:
             return ids[:MAX_NETWORKS]
     if nets is not None and nets.n_networks:
@@ -256,8 +257,9 @@ def plot_network_map(nets, ids: Sequence[int], threshold: float, out_dir: Path) 
 
 
 # ---------------------------------------------------------------------------- anatomy
-def plot_anatomy(ana: dict, out_dir: Path, ids_order: Sequence[int] | None = None) -> list[Path]:
-    nets = ana.get("networks") or []
+def plot_anatomy(ana: AnatomyResult | dict, out_dir: Path, ids_order: Sequence[int] | None = None) -> list[Path]:
+    ana = AnatomyResult.from_dict(ana)
+    nets = ana.networks or []
     if not nets:
         return []
     rows, cols = _grid(len(nets), 4)
@@ -281,12 +283,13 @@ def plot_anatomy(ana: dict, out_dir: Path, ids_order: Sequence[int] | None = Non
 
 
 # ---------------------------------------------------------------------------- lesion
-def plot_lesion(les: dict, out_dir: Path) -> list[Path]:
-    conds = les.get("conditions") or []
-    domains = les.get("domains") or list((les.get("baseline") or {}).keys())
+def plot_lesion(les: LesionResult | dict, out_dir: Path) -> list[Path]:
+    les = LesionResult.from_dict(les)
+    conds = les.conditions or []
+    domains = les.domains or list((les.baseline or {}).keys())
     if not conds or not domains:
         return []
-    rf = les.get("random_fraction") or {}
+    rf = les.random_fraction or {}
     x = np.arange(len(conds))
     w = 0.38
     fig = _fig(max(4.0, 2.6 * len(domains) + 0.4 * len(conds) * len(domains) / 2), 3.4)
@@ -299,7 +302,7 @@ def plot_lesion(les: dict, out_dir: Path) -> list[Path]:
         rnd_v = [c["random"][d].get("ppl") for c in conds]
         ax.bar(x + w / 2, rnd_m, w, yerr=_log_yerr(rnd_m, rnd_s, rnd_v), capsize=2, color="#95A5A6", ecolor="#333333",
                label="random, same size (mean ± sd)")
-        base = _f((les.get("baseline") or {}).get(d, {}).get("ppl"))
+        base = _f((les.baseline or {}).get(d, {}).get("ppl"))
         if np.isfinite(base):
             ax.axhline(base, color="black", lw=0.8, ls="--", label="baseline")
         r = (rf.get("result") or {}).get(d)
@@ -330,9 +333,10 @@ def plot_lesion(les: dict, out_dir: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------- preservation
-def plot_preservation(pre: dict, out_dir: Path) -> list[Path]:
-    rows = [r for r in (pre.get("rows") or []) if r.get("preserved")]
-    domains = pre.get("domains") or list((pre.get("baseline") or {}).keys())
+def plot_preservation(pre: PreservationResult | dict, out_dir: Path) -> list[Path]:
+    pre = PreservationResult.from_dict(pre)
+    rows = [r for r in (pre.rows or []) if r.get("preserved")]
+    domains = pre.domains or list((pre.baseline or {}).keys())
     if not rows or not domains:
         return []
     fig = _fig(6.0, 3.6)
@@ -349,7 +353,7 @@ def plot_preservation(pre: dict, out_dir: Path) -> list[Path]:
             rv = [x.get(d, {}).get("ppl") for x in rr]
             ax.errorbar(fr, rm, yerr=_log_yerr(rm, rs, rv), fmt="--s", color=col, ms=3, capsize=2, alpha=0.75,
                         mfc="white", label=f"{d}: random, same fraction")
-        base = _f((pre.get("baseline") or {}).get(d, {}).get("ppl"))
+        base = _f((pre.baseline or {}).get(d, {}).get("ppl"))
         if np.isfinite(base):
             ax.axhline(base, color=col, lw=0.8, ls=":", label=f"{d}: dense model")
         if j == 0:
@@ -357,7 +361,7 @@ def plot_preservation(pre: dict, out_dir: Path) -> list[Path]:
                 ax.annotate(f"k={r['k']}", (xv, yv), xytext=(4, 4), textcoords="offset points", fontsize=6.5)
     _logy(ax)
     if len(fr) > 1 and fr.max() / max(fr.min(), 1e-9) > 8:
-        from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+        from matplotlib.ticker import (FixedLocator, FuncFormatter, NullFormatter, NullLocator)
 
         ax.set_xscale("log")   # ticks at the measured fractions only: log-scale minor labels overlap
         ax.xaxis.set_major_locator(FixedLocator(sorted(set(np.round(fr, 1)))))
@@ -372,12 +376,13 @@ def plot_preservation(pre: dict, out_dir: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------- amplification
-def plot_amplification(amp: dict, out_dir: Path) -> list[Path]:
-    curves = amp.get("curves") or []
-    domains = amp.get("domains") or list((amp.get("baseline") or {}).keys())
+def plot_amplification(amp: AmplificationResult | dict, out_dir: Path) -> list[Path]:
+    amp = AmplificationResult.from_dict(amp)
+    curves = amp.curves or []
+    domains = amp.domains or list((amp.baseline or {}).keys())
     if not curves or not domains:
         return []
-    how = amp.get("how", "scale")
+    how = amp.how
     fig = _fig(max(4.0, 2.5 * len(domains)), 3.0)
     axes = fig.subplots(1, len(domains), squeeze=False)[0]
     for k, (ax, d) in enumerate(zip(axes, domains)):
@@ -386,7 +391,7 @@ def plot_amplification(amp: dict, out_dir: Path) -> list[Path]:
             ys = np.array([_f(p["metrics"][d]["ppl"]) for p in c["points"]])
             o = np.argsort(xs)
             ax.plot(xs[o], ys[o], "-o", ms=3.5, color=network_color(j), label=f"net {c['network']} ({c.get('n_neurons', '?')})")
-        base = _f((amp.get("baseline") or {}).get(d, {}).get("ppl"))
+        base = _f((amp.baseline or {}).get(d, {}).get("ppl"))
         if np.isfinite(base):
             ax.axhline(base, color="black", lw=0.8, ls="--", label="baseline")
         ax.axvline(1.0 if how == "scale" else 0.0, color="#999999", lw=0.6, ls=":")
@@ -411,11 +416,12 @@ def _domain_spans(items: list[dict], domains: Sequence[str]) -> list[tuple[str, 
     return spans
 
 
-def plot_recurrence(rec: dict, out_dir: Path) -> list[Path]:
-    templates, inds = rec.get("templates") or [], rec.get("individuals") or []
-    domains = rec.get("domains") or []
+def plot_recurrence(rec: RecurrenceResult | dict, out_dir: Path) -> list[Path]:
+    rec = RecurrenceResult.from_dict(rec)
+    templates, inds = rec.templates or [], rec.individuals or []
+    domains = rec.domains or []
     paths = []
-    M = np.asarray(rec.get("iou") or [], float)
+    M = np.asarray(rec.iou or [], float)
     if templates and inds and M.size:
         M = M.reshape(len(templates), len(inds))
         fig = _fig(7.5, min(9.0, 1.4 + 0.12 * len(templates)))
@@ -424,7 +430,7 @@ def plot_recurrence(rec: dict, out_dir: Path) -> list[Path]:
         im = ax.imshow(M, aspect="auto", interpolation="nearest", cmap="magma_r", vmin=0, vmax=vmax)
         cb = fig.colorbar(im, ax=ax, shrink=0.8, pad=0.01)
         cb.set_label("IoU of key-neuron sets")
-        thr = _f(rec.get("iou_threshold"))
+        thr = _f(rec.iou_threshold)
         if np.isfinite(thr) and thr < vmax:
             cb.ax.axhline(thr, color="#0072B2", lw=1.2)
         tsp, isp = _domain_spans(templates, domains), _domain_spans(inds, domains)
@@ -437,9 +443,9 @@ def plot_recurrence(rec: dict, out_dir: Path) -> list[Path]:
         ax.set_ylabel("template networks (group decomposition)")
         ax.set_xlabel("individual-text networks")
         ax.tick_params(length=0)
-        ax.set_title(f"Recurrence: IoU of template networks (rows) with individual-text networks (columns)")
+        ax.set_title("Recurrence: IoU of template networks (rows) with individual-text networks (columns)")
         paths += _save(fig, out_dir, "recurrence_iou")
-    table = rec.get("table") or []
+    table = rec.table or []
     if table and domains:
         C = np.array([[_f(r["counts"].get(d)) / max(_f(r["totals"].get(d)), 1) for d in domains] for r in table])
         fig = _fig(1.6 + 1.1 * len(domains), min(10.0, 0.9 + 0.2 * len(table)))
@@ -455,18 +461,38 @@ def plot_recurrence(rec: dict, out_dir: Path) -> list[Path]:
         ax.tick_params(length=0)
         for sp in ax.spines.values():
             sp.set_visible(False)
-        ax.set_xlabel(f"individual networks with IoU > {rec.get('iou_threshold', '?')}")
+        ax.set_xlabel(f"individual networks with IoU > {_or(rec.iou_threshold, '?')}")
         paths += _save(fig, out_dir, "recurrence_counts")
     return paths
 
 
 # ---------------------------------------------------------------------------- entry point
-FIGURES: dict[str, tuple[str, ...]] = {  # figure stem -> the result files it is drawn from
-    "network_map": ("networks.safetensors",), "network_map_panels": ("networks.safetensors",),
-    "network_keys_per_layer": ("networks.safetensors",), "anatomy": ("anatomy.json",), "lesion": ("lesion.json",),
-    "preservation": ("preserve.json",), "amplification": ("amplify.json",), "recurrence_iou": ("recurrence.json",),
-    "recurrence_counts": ("recurrence.json",),
+class FigureSpec(NamedTuple):
+    plot: Callable[[Any, Path], list[Path]]   # draws the figures of one experiment's result into a folder
+    stems: tuple[str, ...]                    # the figures it draws
+
+
+#: figures of the networks file (drawn by :func:`plot_network_map`)
+NETWORK_FIGURES = ("network_map", "network_map_panels", "network_keys_per_layer")
+
+#: experiment name (a key of funcnet.experiments.EXPERIMENTS) -> the function drawing its figures
+EXPERIMENT_FIGURES: dict[str, FigureSpec] = {
+    "anatomy": FigureSpec(plot_anatomy, ("anatomy",)),
+    "lesion": FigureSpec(plot_lesion, ("lesion",)),
+    "preserve": FigureSpec(plot_preservation, ("preservation",)),
+    "amplify": FigureSpec(plot_amplification, ("amplification",)),
+    "recurrence": FigureSpec(plot_recurrence, ("recurrence_iou", "recurrence_counts")),
 }
+
+FIGURES: dict[str, tuple[str, ...]] = {  # figure stem -> the result files it is drawn from
+    **{stem: (NETWORKS_FILE,) for stem in NETWORK_FIGURES},
+    **{stem: (spec.result_file,) for name, spec in EXPERIMENTS.items() if name in EXPERIMENT_FIGURES
+       for stem in EXPERIMENT_FIGURES[name].stems},
+}
+
+
+def _or(x, default):
+    return default if x is None else x
 
 
 def make_figures(results_dir: str | os.PathLike, nets=None) -> list[Path]:
@@ -488,16 +514,10 @@ def make_figures(results_dir: str | os.PathLike, nets=None) -> list[Path]:
     thr = threshold_of(res)
     if nets is not None and nets.n_networks:
         jobs.append(lambda: plot_network_map(nets, top_network_ids(res, nets), thr, out_dir))
-    if res.get("anatomy"):
-        jobs.append(lambda: plot_anatomy(res["anatomy"], out_dir))
-    if res.get("lesion"):
-        jobs.append(lambda: plot_lesion(res["lesion"], out_dir))
-    if res.get("preserve"):
-        jobs.append(lambda: plot_preservation(res["preserve"], out_dir))
-    if res.get("amplify"):
-        jobs.append(lambda: plot_amplification(res["amplify"], out_dir))
-    if res.get("recurrence"):
-        jobs.append(lambda: plot_recurrence(res["recurrence"], out_dir))
+    for name in EXPERIMENTS:
+        result, spec = res.get(name), EXPERIMENT_FIGURES.get(name)
+        if result is not None and spec is not None:
+            jobs.append(functools.partial(spec.plot, result, out_dir))
     paths: list[Path] = []
     if not jobs:
         return paths
