@@ -95,3 +95,9 @@ def test_errors_are_value_errors():
     from funcnet.errors import FuncnetError, UnsupportedArchitectureError
 
     assert issubclass(FuncnetError, ValueError) and issubclass(UnsupportedArchitectureError, FuncnetError)
+
+
+def test_names_moved_out_of_a_module_name_their_new_home():
+    with pytest.raises(ImportError, match="moved to funcnet.prune.pruning_importance"):
+        from funcnet.networks import pruning_importance  # noqa: F401
+    from funcnet.prune import networks_for_pruning, pruning_importance, pruning_keep_masks  # noqa: F401

@@ -8,3 +8,14 @@ from funcnet.networks.functional import (FORMAT, MODES, THRESHOLD_METHODS, Decom
 __all__ = ["CanICA", "FastICAResult", "ICAConvergenceWarning", "NotFittedError", "amari_distance", "fastica",
            "fit_many", "initial_unmixing", "match_maps", "subspace_overlap", "FORMAT", "MODES", "THRESHOLD_METHODS",
            "Decomposition", "FunctionalNetworks", "decompose", "ensure_store", "iou", "iou_matrix", "make_groups"]
+
+#: names that funcnet 0.1 had in ``funcnet.networks`` and that now belong to the pruning package
+#: (pruning imports networks, never the reverse)
+MOVED_TO_PRUNE = ("pruning_importance", "pruning_keep_masks", "networks_for_pruning", "FN_SCORES", "FN_STATS_SCORES",
+                  "DEFAULT_FN_SCORE")
+
+
+def __getattr__(name):
+    if name in MOVED_TO_PRUNE:
+        raise ImportError(f"funcnet.networks.{name} moved to funcnet.prune.{name}; import it from funcnet.prune")
+    raise AttributeError(f"module 'funcnet.networks' has no attribute '{name}'")
