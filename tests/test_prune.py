@@ -815,11 +815,16 @@ def test_save_is_atomic_refuses_existing_and_load_pruned(tmp_path, monkeypatch):
     st = fake_stats(lm)
     sel = P.select(lm, P.compute_importance("magnitude", lm, st), 0.2, protect=(0, 0))
     P.apply_selection(lm, sel, st)
-    out = tmp_path / "m"
-    out.mkdir()
+    foreign = tmp_path / "m"
+    foreign.mkdir()
     with pytest.raises(FuncnetError, match="exists"):
-        P.save_pruned(model, None, out, {})
-    (out / "keep.txt").write_text("x")
+        P.save_pruned(model, None, foreign, {})
+    (foreign / "keep.txt").write_text("x")
+    with pytest.raises(FuncnetError, match="will not replace"):  # a folder funcnet did not write
+        P.save_pruned(model, None, foreign, {}, overwrite=True)
+    assert [p.name for p in foreign.iterdir()] == ["keep.txt"]
+    out = P.save_pruned(model, None, tmp_path / "out", {"method": "first"})
+    written = sorted(p.name for p in out.iterdir())
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
@@ -827,10 +832,12 @@ def test_save_is_atomic_refuses_existing_and_load_pruned(tmp_path, monkeypatch):
     monkeypatch.setattr("funcnet.core.pruned._save_weights", boom)
     with pytest.raises(RuntimeError):
         P.save_pruned(model, None, out, {}, overwrite=True)
-    assert (out / "keep.txt").exists() and [p.name for p in tmp_path.iterdir()] == ["m"]  # untouched, no temp
+    assert sorted(p.name for p in out.iterdir()) == written  # untouched ...
+    assert json.loads((out / P.REPORT_NAME).read_text())["method"] == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "out"]  # ... and no temp left
     monkeypatch.undo()
-    P.save_pruned(model, None, out, {"method": "magnitude"}, overwrite=True)
-    assert not (out / "keep.txt").exists()
+    P.save_pruned(model, None, out, {"method": "magnitude"}, overwrite=True)  # funcnet's own folder
+    assert json.loads((out / P.REPORT_NAME).read_text())["method"] == "magnitude"
     # load_pruned needs a tokenizer in the folder: save a tiny one
     from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models as tm
