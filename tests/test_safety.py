@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-import funcnet  # noqa: F401  (registers the pruned-model classes with transformers' auto classes)
+import funcnet.core  # noqa: F401  (importing funcnet's model layer registers the pruned-model classes)
 from conftest import char_tokenizer, tiny_model, tiny_saved
 from funcnet.cli import main
 from funcnet.core.models import as_loaded, load_model
@@ -175,3 +175,27 @@ def test_record_checks_arguments_before_loading_the_model(tmp_path, kw, msg):
     with pytest.raises(FuncnetError, match=msg):
         record(str(tmp_path / "no-such-model"), ["text"], out=tmp_path / "s", **kw)
     assert not (tmp_path / "s").exists()
+
+
+def test_command_line_starts_without_the_heavy_libraries():
+    """`funcnet --help` / `--version` / a bad command answer without importing torch or transformers
+    (the speed itself is measured in benchmarks/cli_startup.py)."""
+    code = ("import sys\nfrom funcnet.cli import main\n"
+            "for argv in (['--help'], ['--version'], ['no-such-command']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print('heavy' if {'torch', 'transformers'} & set(sys.modules) else 'light')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip().splitlines()[-1] == "light", r.stdout[-500:] + r.stderr[-500:]
+    assert "invalid choice" in r.stderr  # the bad command still got a clear message
+
+
+def test_trust_remote_code_flag_is_on_every_model_command():
+    from funcnet.cli import COMMANDS, build_parser
+
+    for name in ("info", "record", "networks", "lesion", "preserve", "amplify", "recurrence", "explore", "eval",
+                 "prune", "demo"):
+        p = build_parser([name])
+        sub = next(a for a in p._actions if a.dest == "command").choices[name]
+        opts = {o for a in sub._actions for o in a.option_strings}
+        assert {"--model", "--trust-remote-code"} <= opts, name
+    assert set(COMMANDS) >= {"info", "record", "prune", "fingerprint", "demo"}

@@ -13,12 +13,17 @@ from __future__ import annotations
 import importlib
 
 from funcnet import _compat
+from funcnet._defaults import DEFAULT_MODEL
 from funcnet._version import __version__
-from funcnet.core.adapters import ArchAdapter, get_adapter, register_adapter, supported_families
-from funcnet.core.models import DEFAULT_MODEL, LoadedModel, load_model
 from funcnet.errors import FuncnetError
 
 _compat.install()
+
+#: the top-level API, imported on first use (``import funcnet`` stays light: the command line's
+#: ``--help`` starts without torch)
+_LAZY = {"ArchAdapter": "funcnet.core.adapters", "get_adapter": "funcnet.core.adapters",
+         "register_adapter": "funcnet.core.adapters", "supported_families": "funcnet.core.adapters",
+         "LoadedModel": "funcnet.core.loaded", "load_model": "funcnet.core.models"}
 
 __all__ = [
     "__version__", "ArchAdapter", "get_adapter", "register_adapter", "supported_families",
@@ -30,6 +35,8 @@ _SUBMODULES = ("core", "data", "networks", "intervene", "evaluate", "prune", "fi
 
 
 def __getattr__(name):  # lazy access to the heavier sub-APIs
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     if name == "record":
         return importlib.import_module("funcnet.data.record").record
     if name in _SUBMODULES:

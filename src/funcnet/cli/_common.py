@@ -1,17 +1,35 @@
-"""Arguments every command names the same way."""
+"""Arguments every command names the same way, and how a command loads its model."""
 from __future__ import annotations
 
 import argparse
 
-from funcnet.core.models import DEFAULT_MODEL
+from funcnet.core.models import DEFAULT_MODEL, load_model
 
 MODEL_HELP = "model spec: HF id, folder, .gguf or alias"
 
 
 def add_model_argument(p: argparse.ArgumentParser, *, default: str | None = DEFAULT_MODEL, required: bool = False,
                        help: str = MODEL_HELP) -> None:
-    """``--model SPEC``: how every command names the model it works on."""
+    """``--model SPEC`` (how every command names the model it works on) and ``--trust-remote-code``."""
     if required:
         p.add_argument("--model", required=True, help=help)
     else:
         p.add_argument("--model", default=default, help=f"{help} (default {default or DEFAULT_MODEL})")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow running Python code shipped in the model folder (as in transformers and vLLM); "
+                        "without it such a model is refused")
+
+
+def load(args, spec=None, **kw):
+    """The command's model, loaded with its --dtype / --device and --trust-remote-code."""
+    for k in ("dtype", "device"):
+        if getattr(args, k, None) is not None and k not in kw:
+            kw[k] = getattr(args, k)
+    return load_model(spec if spec is not None else args.model,
+                      trust_remote_code=getattr(args, "trust_remote_code", False), **kw)
+
+
+def model_or_spec(args):
+    """The model spec as given (the library loads it after its own argument checks), or, with
+    --trust-remote-code, the model loaded here with that permission."""
+    return load(args) if getattr(args, "trust_remote_code", False) else args.model

@@ -3,7 +3,7 @@ size that finishes in about 10 minutes on 2 CPU cores, then the HTML report."""
 from __future__ import annotations
 
 import time
-from funcnet.cli._common import add_model_argument
+from funcnet.cli._common import add_model_argument, model_or_spec
 from funcnet.explore import explore
 from funcnet.report.html import write_report
 
@@ -11,7 +11,7 @@ from funcnet.report.html import write_report
 def _cmd_demo(args) -> int:
 
     t0 = time.time()
-    out = explore(args.model, args.out, size=args.size, seed=args.seed)
+    out = explore(model_or_spec(args), args.out, size=args.size, seed=args.seed)
     report = write_report(out)
     print(f"demo finished in {time.time() - t0:.0f} s: results in {out}, report {report}")
     return 0

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from funcnet.cli._common import add_model_argument
+from funcnet.cli._common import add_model_argument, load
 from funcnet.core._io import write_json
-from funcnet.core.models import DEFAULT_MODEL, load_model
+from funcnet.core.models import DEFAULT_MODEL
 from funcnet.errors import FuncnetError
 from funcnet.evaluate import EvalResult, _corpus_domains, evaluate_domains, lm_eval_tasks
 
@@ -23,7 +23,7 @@ def _format_table(results: Mapping[str, EvalResult]) -> str:
 
 def _cmd_eval(args) -> int:
 
-    lm = load_model(args.model, dtype=args.dtype, device=args.device)
+    lm = load(args)
     results: dict[str, Any] = {}
     out: dict[str, Any] = {"model": args.model, "identity": lm.identity, "corpus": args.corpus,
                            "window": args.window, "stride": args.stride, "max_windows": args.max_windows}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from funcnet.core.models import load_model
+from funcnet.cli._common import add_model_argument, load, model_or_spec
 from funcnet.experiments import (DOMAINS, amplification_experiment, eval_domains, lesion_experiment,
                                  preservation_experiment, recurrence_experiment)
 from funcnet.experiments.schema import AmplificationResult, LesionResult, write_result
@@ -14,7 +14,7 @@ from funcnet.report import make_figures, write_report
 
 # ---------------------------------------------------------------------------- CLI
 def _common(p, nets_required=True):
-    p.add_argument("--model", default="smollm2-135m")
+    add_model_argument(p)
     p.add_argument("--corpus", default="builtin", help="corpus for evaluation texts (eval split, per domain)")
     p.add_argument("--domains", default=",".join(DOMAINS))
     if nets_required:
@@ -27,7 +27,7 @@ def _common(p, nets_required=True):
 
 def _load(args, nets=True):
 
-    lm = load_model(args.model)
+    lm = load(args)
     texts = eval_domains([d for d in args.domains.split(",") if d], args.corpus)
     n = FunctionalNetworks.load(args.networks, model=lm) if nets else None
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -114,7 +114,7 @@ def _print_amplify_best(res: AmplificationResult):
 
 def _cmd_recurrence(args):
 
-    lm = load_model(args.model)
+    lm = load(args)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     res = recurrence_experiment(lm, domains=[d for d in args.domains.split(",") if d], corpus=args.corpus,
                                 n_template=args.n_template, n_individual=args.n_individual, k_template=args.k,
@@ -131,7 +131,7 @@ def _cmd_recurrence(args):
 
 
 def _cmd_explore(args):
-    out = explore(args.model, args.out, size=args.size, corpus=args.corpus, seed=args.seed, threshold=args.threshold)
+    out = explore(model_or_spec(args), args.out, size=args.size, corpus=args.corpus, seed=args.seed, threshold=args.threshold)
 
     print(f"results in {out}; report: {write_report(out)}")
     return 0
@@ -162,7 +162,7 @@ def register_cli(sub) -> None:
     p.set_defaults(func=_cmd_amplify)
 
     p = sub.add_parser("recurrence", help="template vs individual networks: IoU recurrence table")
-    p.add_argument("--model", default="smollm2-135m")
+    add_model_argument(p)
     p.add_argument("--corpus", default="builtin")
     p.add_argument("--domains", default=",".join(DOMAINS))
     p.add_argument("--n-template", type=int, default=40)
@@ -175,7 +175,7 @@ def register_cli(sub) -> None:
 
     p = sub.add_parser("explore", help="the whole exploration (networks, anatomy, lesion, preserve, amplify, "
                                        "recurrence) + HTML report")
-    p.add_argument("--model", default="smollm2-135m")
+    add_model_argument(p)
     p.add_argument("--corpus", default="builtin")
     p.add_argument("--size", default="demo", choices=list(SIZES))
     p.add_argument("--threshold", type=float, default=3.6)

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from funcnet.cli._common import add_model_argument
+from funcnet.cli._common import add_model_argument, model_or_spec
 from funcnet.fingerprint import ALPHA, SIGNAL_CHOICES, compare, plot_matched, profile, read_probes
 
 
 # =============================================================================== CLI
 def _cmd_profile(args) -> int:
     probes = read_probes(args.probes) if args.probes else None
-    prof = profile(args.model, probes, signals=args.signals, n_components=args.n_components,
+    prof = profile(model_or_spec(args), probes, signals=args.signals, n_components=args.n_components,
                    n_seeds=args.n_seeds, threshold=args.threshold, max_length=args.max_length, seed=args.seed)
     prof.save(args.out)
     size = Path(args.out).stat().st_size
@@ -21,7 +21,7 @@ def _cmd_profile(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    res = compare(args.profile, args.model, n_null=args.n_null, alpha=args.alpha)
+    res = compare(args.profile, model_or_spec(args), n_null=args.n_null, alpha=args.alpha)
     if args.json:
         res.to_json(args.json)
     if args.plot:

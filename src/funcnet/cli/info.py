@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from funcnet.cli._common import add_model_argument
-from funcnet.core.models import DEFAULT_MODEL, load_model
+from funcnet.cli._common import add_model_argument, load
+from funcnet.core.models import DEFAULT_MODEL
 from funcnet.data.store import ActivationStore
 from funcnet.errors import FuncnetError
 
@@ -18,7 +18,7 @@ def _cmd_info(args) -> int:
         print(json.dumps(ActivationStore.open(target).summary(), indent=2))
         return 0
 
-    lm = load_model(target, dtype=args.dtype)
+    lm = load(args, target)
     s = lm.summary()
     if args.json:
         print(json.dumps(s, indent=2))

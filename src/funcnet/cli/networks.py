@@ -4,8 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from funcnet.cli._common import add_model_argument
-from funcnet.core.models import load_model
+from funcnet.cli._common import add_model_argument, load
 from funcnet.data.record import parse_signals
 from funcnet.errors import FuncnetError
 from funcnet.networks import MODES, decompose, ensure_store
@@ -16,7 +15,7 @@ def _cmd_networks(args) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FuncnetError(f"output file {out} exists; pass --overwrite to replace it")
-    lm = load_model(args.model)
+    lm = load(args)
     sig = parse_signals(args.signals)
     t0 = time.time()
     store = ensure_store(lm, args.corpus, store=args.store, signals=sig, layers=args.layers, split=args.split,

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from funcnet.cli._common import add_model_argument
-from funcnet.core.models import load_model
+from funcnet.cli._common import add_model_argument, load
 from funcnet.core.pruned import save_pruned
 from funcnet.errors import FuncnetError
 from funcnet.prune import (ALLOCATIONS, COMPENSATIONS, DEFAULT_COMPENSATION, DEFAULT_MAX_COVARIANCE_BYTES,
@@ -44,7 +43,7 @@ def _cmd_prune(args) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FuncnetError(f"output folder '{out}' exists; pass --overwrite to replace it")
-    lm = load_model(args.model, dtype=args.dtype)
+    lm = load(args)
     kw = {}
     if args.threshold is not None:
         kw["threshold"] = args.threshold

@@ -1,13 +1,14 @@
 """`funcnet record`."""
 from __future__ import annotations
 
+from funcnet.cli._common import add_model_argument, model_or_spec
 from funcnet.data.record import record
 
 
 # ---------------------------------------------------------------------------- CLI
 def _cmd_record(args) -> int:
     store = record(
-        args.model, args.corpus, out=args.out, signals=args.signals, layers=args.layers, split=args.split,
+        model_or_spec(args), args.corpus, out=args.out, signals=args.signals, layers=args.layers, split=args.split,
         max_tokens=args.max_tokens, max_length=args.max_length, mode=args.mode, batch_size=args.batch_size,
         dtype=args.dtype, resume=args.resume, overwrite=args.overwrite,
     )
@@ -19,7 +20,7 @@ def _cmd_record(args) -> int:
 
 def register_cli(sub) -> None:
     p = sub.add_parser("record", help="record neuron activations over a corpus into an on-disk store")
-    p.add_argument("--model", default="smollm2-135m", help="model spec (HF id, folder, .gguf, alias)")
+    add_model_argument(p)
     p.add_argument("--corpus", default="builtin", help="corpus spec (builtin[:domain], file, folder, wikitext2)")
     p.add_argument("--split", default="calib", choices=["calib", "eval", "all"])
     p.add_argument("--signals", default="neurons", help="comma list of neurons,gate,up,residual,heads")

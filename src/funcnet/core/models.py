@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from funcnet.core._io import atomic_path, cache_dir, file_digest
+from funcnet._defaults import DEFAULT_MODEL
 from funcnet.core._io import hub_reachable as _hub_reachable
 from funcnet.core.adapters import get_adapter
 from funcnet.errors import FuncnetError
@@ -25,8 +26,6 @@ from funcnet.core.loaded import (LoadedModel, _resolve_dtype, count_parameters, 
 from funcnet.core.pruned import is_pruned_folder, load_pruned
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "smollm2-135m"
 
 
 def _smollm2_gguf() -> Path:
