@@ -292,3 +292,26 @@ def test_gemma3_small_lesion(tmp_path):
     assert res.random_fraction["result"]["prose"]["ppl_mean"] > base * 1.02
     print(f"\nGemma-3-270M prose ppl {base:.2f}; net {cond['networks'][0]} ({cond['n_neurons']} neurons) "
           f"inhibited {cond['lesioned']['prose']['ppl']:.2f}; {time.time() - t0:.0f} s")
+
+
+def test_explore_reports_each_stage_of_how_many(tmp_path, capsys):
+    """The pipeline announces "[i/n] stage" (what `funcnet demo` prints), numbered without gaps."""
+    from funcnet.cli._common import StagePrinter
+    from funcnet.explore import explore
+
+    lm = as_loaded(tiny_model("llama", n_layers=2), char_tokenizer())
+    seen = []
+    printer = StagePrinter()
+
+    def on_stage(i, n, name):
+        seen.append((i, n, name))
+        printer(i, n, name)
+
+    explore(lm, tmp_path / "res", corpus="builtin", experiments=("networks", "anatomy"), progress=False,
+            on_stage=on_stage, extra_stages=1, max_tokens=512, k=3, n_init=2, top=2)
+    printer.next("HTML report")
+    n = seen[0][1]
+    assert [i for i, _, _ in seen] == list(range(1, n)) and all(m == n for _, m, _ in seen)
+    assert [s for _, _, s in seen][-1] == "figures" and "anatomy" in [s for _, _, s in seen]
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"[1/{n}] load the model" and err[-1] == f"[{n}/{n}] HTML report"

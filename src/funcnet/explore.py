@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from funcnet._version import __version__
 from funcnet.core.models import as_loaded
@@ -39,19 +39,36 @@ SIZES = {
 def explore(model="smollm2-135m", out: str | os.PathLike = "funcnet-results", *, size: str = "demo",
             corpus: str = "builtin", domains: Sequence[str] = DOMAINS, seed: int = 0, threshold: float = 3.6,
             experiments: Sequence[str] = ("networks", "anatomy", "lesion", "preserve", "amplify", "recurrence"),
-            progress: bool = True, **overrides) -> Path:
-    """Run the exploration pipeline and write JSON results + figures into ``out``."""
+            progress: bool = True, on_stage: Callable[[int, int, str], None] | None = None,
+            extra_stages: int = 0, **overrides) -> Path:
+    """Run the exploration pipeline and write JSON results + figures into ``out``.
+
+    ``on_stage(i, n, name)`` is called as each stage starts (the CLI prints "[i/n] name"); ``n``
+    counts ``extra_stages`` more that the caller runs afterwards (e.g. the report)."""
 
     if size not in SIZES:
         raise FuncnetError(f"unknown size '{size}'; choose from {', '.join(SIZES)}")
     P = {**SIZES[size], **overrides}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    stages = ["load the model", "record activations (or reuse the store)"]
+    if "networks" in experiments or any(e in experiments for e in ("anatomy", "lesion", "amplify")):
+        stages.append("functional networks (CanICA)")
+    stages += [e for e in ("anatomy", "lesion", "preserve", "amplify", "recurrence") if e in experiments] + ["figures"]
+    n_stages = len(stages) + extra_stages
+    done = iter(range(1, n_stages + 1))
+
+    def stage(name: str) -> None:
+        if on_stage is not None:
+            on_stage(next(done), n_stages, name)
+
+    stage(stages[0])
     lm = as_loaded(model)
     t_start = time.time()
     run = RunInfo(model=lm.summary(), corpus=corpus, size=size, params=P, seed=seed, threshold=threshold, timings={})
 
     run.funcnet_version = __version__
+    stage(stages[1])
     store = ensure_store(lm, corpus, store=str(out / "store"), signals=["neurons"], max_tokens=P["max_tokens"])
     calib = load_corpus(corpus, split="calib")
     run.store = store.summary()
@@ -59,6 +76,7 @@ def explore(model="smollm2-135m", out: str | os.PathLike = "funcnet-results", *,
     nets_path = out / NETWORKS_FILE
 
     def timed(name, fn):
+        stage(name if name != "networks" else "functional networks (CanICA)")
         t0 = time.time()
         res = fn()
         run.timings[name] = round(time.time() - t0, 1)
@@ -67,6 +85,7 @@ def explore(model="smollm2-135m", out: str | os.PathLike = "funcnet-results", *,
 
     nets = None
     if nets_path.exists():
+        stage("functional networks (reused)")
         nets = FunctionalNetworks.load(nets_path, model=lm)
     elif "networks" in experiments or any(e in experiments for e in ("anatomy", "lesion", "amplify")):
         nets = timed("networks", lambda: decompose(store, mode="whole", n_components=P["k"], n_init=P["n_init"],
@@ -98,5 +117,6 @@ def explore(model="smollm2-135m", out: str | os.PathLike = "funcnet-results", *,
             threshold=threshold, seed=seed, workdir=out / "recurrence-stores", progress=progress)))
     run.timings["total"] = round(time.time() - t_start, 1)
     write_result(out, run)
+    stage("figures")
     make_figures(out, nets=nets)
     return out

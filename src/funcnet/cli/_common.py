@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from funcnet.core.models import DEFAULT_MODEL, load_model
 
@@ -33,3 +34,17 @@ def model_or_spec(args):
     """The model spec as given (the library loads it after its own argument checks), or, with
     --trust-remote-code, the model loaded here with that permission."""
     return load(args) if getattr(args, "trust_remote_code", False) else args.model
+
+
+class StagePrinter:
+    """Prints "[i/n] stage" lines on stderr; remembers where it is so the caller can add its own stages."""
+
+    def __init__(self) -> None:
+        self.i, self.n = 0, 0
+
+    def __call__(self, i: int, n: int, name: str) -> None:
+        self.i, self.n = i, n
+        print(f"[{i}/{n}] {name}", file=sys.stderr, flush=True)
+
+    def next(self, name: str) -> None:
+        self(self.i + 1, self.n, name)

@@ -2,16 +2,22 @@
 size that finishes in about 10 minutes on 2 CPU cores, then the HTML report."""
 from __future__ import annotations
 
+import sys
 import time
-from funcnet.cli._common import add_model_argument, model_or_spec
+from pathlib import Path
+
+from funcnet.cli._common import StagePrinter, add_model_argument, model_or_spec
 from funcnet.explore import explore
 from funcnet.report.html import write_report
 
 
 def _cmd_demo(args) -> int:
-
     t0 = time.time()
-    out = explore(model_or_spec(args), args.out, size=args.size, seed=args.seed)
+    print(f"funcnet demo: {args.size} size on {args.model}; the report will be {Path(args.out) / 'report.html'}",
+          file=sys.stderr, flush=True)
+    stages = StagePrinter()
+    out = explore(model_or_spec(args), args.out, size=args.size, seed=args.seed, on_stage=stages, extra_stages=1)
+    stages.next("HTML report")
     report = write_report(out)
     print(f"demo finished in {time.time() - t0:.0f} s: results in {out}, report {report}")
     return 0

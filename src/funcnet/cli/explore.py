@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from funcnet.cli._common import add_model_argument, load, model_or_spec
+from funcnet.cli._common import StagePrinter, add_model_argument, load, model_or_spec
 from funcnet.experiments import (DOMAINS, amplification_experiment, eval_domains, lesion_experiment,
                                  preservation_experiment, recurrence_experiment)
 from funcnet.experiments.schema import AmplificationResult, LesionResult, write_result
@@ -131,7 +131,10 @@ def _cmd_recurrence(args):
 
 
 def _cmd_explore(args):
-    out = explore(model_or_spec(args), args.out, size=args.size, corpus=args.corpus, seed=args.seed, threshold=args.threshold)
+    stages = StagePrinter()
+    out = explore(model_or_spec(args), args.out, size=args.size, corpus=args.corpus, seed=args.seed,
+                  threshold=args.threshold, on_stage=stages, extra_stages=1)
+    stages.next("HTML report")
 
     print(f"results in {out}; report: {write_report(out)}")
     return 0
