@@ -76,7 +76,7 @@ APP_JS = r"""
     var s = svg("svg", {width: w, height: h + lab + 4, viewBox: "0 0 " + w + " " + (h + lab + 4), role: "img"});
     var max = 0, min = 0;
     values.forEach(function (v) { if (v > max) max = v; if (v < min) min = v; });
-    var span = (max - min) || 1, bw = w / Math.max(n, 1), zero = h * max / span;
+    var span = (max - min) || 1, bw = Math.min(w / Math.max(n, 1), opts.maxBar || 1e9), zero = h * max / span;
     values.forEach(function (v, i) {
       var y = v >= 0 ? zero - h * v / span : zero, bh = Math.abs(h * v / span);
       var r = svg("rect", {x: i * bw + 0.5, y: y, width: Math.max(bw - 1, 0.5), height: Math.max(bh, v !== 0 ? 0.5 : 0),
@@ -242,7 +242,7 @@ APP_JS = r"""
     }
     // anatomy
     var an = document.getElementById("anatomy-body");
-    an.appendChild(barChart(N.key_per_layer, N.key_per_layer.map(function (_, i) { return "L" + i; }), {digits: 0}));
+    an.appendChild(barChart(N.key_per_layer, N.key_per_layer.map(function (_, i) { return "L" + i; }), {digits: 0, maxBar: 48}));
     an.appendChild(el("p", {"class": "note", text: "key neurons per layer (" + N.n_key + " in all)"}));
     // histogram
     var hb = document.getElementById("histogram-body"), H = N.activity.histogram;
