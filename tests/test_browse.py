@@ -172,6 +172,19 @@ def test_files_small_and_network_json_matches_schema(built):
     assert [r["id"] for r in index["networks"]] == list(range(nets.n_networks))
 
 
+def test_nan_stability_is_written_as_null(built, tmp_path):
+    nets = built["nets"]
+    dec = nets.decompositions[0]
+    odd = type(nets)([type(dec)(dec.maps, dec.columns, np.array([np.nan, 1, 1, 1], np.float32), dec.group, dec.unit)],
+                     nets.signals, nets.neurons_per_layer, nets.model_identity, nets.model_spec)
+    site = build_site(odd, built["lm"], built["store"], tmp_path / "site", corpus=built["corpus"], progress=False, **THR)
+    strict = {"parse_constant": lambda c: pytest.fail(f"{c} in JSON")}
+    rec = json.loads((site / "json" / "network_0000.json").read_text(), **strict)
+    index = json.loads((site / "json" / "index.json").read_text(), **strict)
+    assert rec["stability"] is None and index["networks"][0]["stability"] is None and validate(rec) == []
+    assert index["networks"][1]["stability"] == 1.0
+
+
 def test_lesion_and_counterpart(built):
     site = built["site"]
     rec0, rec1, rec2 = _net(site, 0), _net(site, 1), _net(site, 2)

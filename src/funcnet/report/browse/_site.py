@@ -19,6 +19,7 @@ import http.server
 import itertools
 import json
 import os
+import re
 import time
 import unicodedata
 from collections.abc import Sequence
@@ -64,7 +65,7 @@ NETWORK_SCHEMA = {
     "properties": {
         "format": {"type": "string"}, "format_version": {"type": "integer"},
         "id": {"type": "integer"}, "label": {"type": "string"}, "unit": {"type": "string"},
-        "group": {"type": "integer"}, "component": {"type": "integer"}, "stability": {"type": "number"},
+        "group": {"type": "integer"}, "component": {"type": "integer"}, "stability": _NUM_OR_NULL,
         "n_key": {"type": "integer"},
         "key_per_layer": {"type": "array", "items": {"type": "integer"}},
         "layers": {"type": ["array", "null"], "items": {"type": "integer"}},
@@ -169,9 +170,24 @@ def _label(tokens: Sequence[str], domain: str | None) -> str:
     return f"{lab} \u00b7 {domain}" if domain else lab
 
 
+def _clean(obj):
+    """The object with NaN / infinite floats as None (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def _js(var: str, obj) -> str:
     # "</" never appears raw in a script file, but escape it anyway so the data is safe inline too
-    return f"window.{var} = " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/") + ";\n"
+    return f"window.{var} = " + _dumps(obj).replace("</", "<\\/") + ";\n"
 
 
 def _page(title: str, page: str, body: str, scripts: Sequence[str], css: str, extra: str = "") -> str:
@@ -231,16 +247,15 @@ def _resolve_corpus(corpus, store):
         return corpus
     name = store.manifest.get("corpus_name") or ""
     tries = []
-    if name.startswith("builtin:"):
-        parts = name.split(":")
-        if len(parts) >= 3 and not any("=" in p for p in parts[1:3]):
-            spec = "builtin" if parts[1] == "all" else f"builtin:{parts[1]}"
-            tries.append((spec, parts[2]))
-    elif name and name != "list":
-        tries.append((name, "calib"))
-    for spec, split in tries:
+    m = re.fullmatch(r"builtin:(\w+):(\w+)(?:\[max_docs=(\d+),seed=(\d+)\])?", name)
+    if m:
+        spec = "builtin" if m[1] == "all" else f"builtin:{m[1]}"
+        tries.append((spec, m[2], int(m[3]) if m[3] else None, int(m[4] or 0)))
+    elif name and name != "list" and not name.startswith("builtin"):
+        tries.append((name, "calib", None, 0))
+    for spec, split, max_docs, seed in tries:
         try:
-            c = load_corpus(spec, split=split)
+            c = load_corpus(spec, split=split, max_docs=max_docs, seed=seed)
         except FuncnetError:
             continue
         if not want or c.identity == want:
@@ -272,7 +287,7 @@ def build_site(
     fraction: float = 0.01,
     signal: str | None = None,
     search_tokens: int = 5000,
-    search_top: int = 10,
+    search_top: int = 8,
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
@@ -399,6 +414,7 @@ def build_site(
     for rec in records:  # labels of related networks, known once all are labelled
         for s in rec["shared"]:
             s["label"] = labels.get(s["id"], "")
+    records, index_rows = _clean(records), _clean(index_rows)
 
     # search: the most frequent token types, each with its top networks by mean z
     freq = np.argsort(-counts, kind="stable")[:search_tokens]
@@ -409,7 +425,7 @@ def build_site(
               "score": "mean over the token's occurrences of the network's activity z-scored over all recorded tokens",
               "tokens": [text(uniq[i]) for i in freq], "ids": [int(uniq[i]) for i in freq],
               "counts": [int(counts[i]) for i in freq],
-              "top": [[[int(ids[j]), round(float(tmeans[i, j]), 4)] for j in row] for i, row in zip(freq, top_idx)]}
+              "top": [[[int(ids[j]), round(float(tmeans[i, j]), 3)] for j in row] for i, row in zip(freq, top_idx)]}
     index = {"format": INDEX_FORMAT, "format_version": FORMAT_VERSION, "funcnet_version": __version__,
              "model": lm.spec, "model_identity": nets.model_identity, "store": str(st.path),
              "n_tokens": int(st.n_tokens), "n_documents": len(np.unique(np.asarray(tokens["doc_ids"]))),
@@ -425,8 +441,8 @@ def build_site(
         (tmp / "index.html").write_text(_index_html(lm.spec, len(ids)), encoding="utf-8")
         (tmp / "data" / "index.js").write_text(_js("FUNCNET_INDEX", index), encoding="utf-8")
         (tmp / "data" / "search.js").write_text(_js("FUNCNET_SEARCH", search), encoding="utf-8")
-        (tmp / "json" / "index.json").write_text(json.dumps(index, ensure_ascii=False), encoding="utf-8")
-        (tmp / "json" / "search.json").write_text(json.dumps(search, ensure_ascii=False), encoding="utf-8")
+        (tmp / "json" / "index.json").write_text(_dumps(index), encoding="utf-8")
+        (tmp / "json" / "search.json").write_text(_dumps(search), encoding="utf-8")
         bar.update()
         bar.set_postfix_str("pages")
         for k, rec in enumerate(records):
@@ -435,7 +451,7 @@ def build_site(
             next_id = ids[k + 1] if k + 1 < len(ids) else None
             (tmp / "n" / f"{nid:04d}.html").write_text(_network_html(lm.spec, nid, prev_id, next_id), encoding="utf-8")
             (tmp / "data" / "net" / f"{nid:04d}.js").write_text(_js("FUNCNET_NET", rec), encoding="utf-8")
-            (tmp / "json" / f"network_{nid:04d}.json").write_text(json.dumps(rec, ensure_ascii=False), encoding="utf-8")
+            (tmp / "json" / f"network_{nid:04d}.json").write_text(_dumps(rec), encoding="utf-8")
             bar.update()
         big = [(f, f.stat().st_size) for f in tmp.rglob("*") if f.is_file() and f.stat().st_size > MAX_PAGE_BYTES]
         if big:
