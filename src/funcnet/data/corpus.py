@@ -6,22 +6,10 @@ Corpora
 an ordered list of :class:`Document` objects. ``spec`` may be:
 
 * ``"builtin"`` / ``"builtin:prose"`` / ``"builtin:code"`` / ``"builtin:math"``: an English corpus
-  assembled deterministically from Python's standard library, needing nothing installed:
-
-  - *prose*: the language-reference topics of ``pydoc_data.topics`` (long topics cut into
-    paragraph-bounded pieces of about 1500-3000 characters) and the docstrings of a fixed list
-    of pure-Python standard-library modules (read from their source with :mod:`ast`, nothing is
-    imported);
-  - *code*: the source of the same modules, cut into top-level ``def`` / ``class`` chunks
-    (long classes and functions are cut further at the boundaries of their body statements);
-  - *math*: synthetic arithmetic, algebra and word problems with worked answers, generated with
-    a fixed-seed ``random.Random``.
-
-  A fixed calibration / evaluation split (about 80 % / 20 %) never overlaps: prose pieces are
-  assigned by a stable hash of their source key; docstrings and code chunks by the hash of the
-  top-level object they belong to (so a function's docstring and its code always land in the
-  same split); math problems of the evaluation split come from another generator seed and skip
-  any question already in the calibration split. ``split`` is ``"calib"``, ``"eval"`` or ``"all"``.
+  assembled deterministically from Python's standard library, needing nothing installed: prose,
+  code and worked math (:mod:`funcnet.data.builtin` says how they are made), with a fixed
+  calibration / evaluation split (about 80 % / 20 %) that never overlaps; ``split`` is
+  ``"calib"``, ``"eval"`` or ``"all"``.
 * a ``.txt`` file (one document per blank-line-separated block, or per file with
   ``per_file=True``), a ``.jsonl`` file (a ``text`` field per line), or a folder of such files
   (recursive, in sorted order). Local files are always taken whole (``split`` does not apply).
