@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fingerprint": ("funcnet.cli.fingerprint", "functional-network fingerprints: is a suspect model derived "
                                                "from a victim?"),
     "report": ("funcnet.cli.report", "write the HTML report of a results folder"),
+    "browse": ("funcnet.cli.browse", "write a static site with a page per functional network, searchable "
+                                     "(opens from disk; --serve PORT)"),
     "demo": ("funcnet.cli.demo", "run the exploration on the default model and built-in corpus, write the report"),
 }
 
@@ -47,10 +49,19 @@ def _command_of(argv: list[str]) -> str | None:
     return None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with funcnet's error form: one line ``funcnet: error: <command>: <message>``, exit 2
+    (``funcnet COMMAND --help`` still prints the usage)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        where = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        self.exit(2, f"funcnet: error: {where}{message} (see {self.prog} --help)\n")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; only the module of the command named in ``argv`` is imported (all of them when
     ``argv`` is None, e.g. for documentation tools)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="funcnet",
         description="Functional networks of neurons in LLMs: record, decompose (group ICA), intervene, prune, fingerprint.",
     )

@@ -4,7 +4,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pathlib import Path
+
+from funcnet.core._io import check_output
 from funcnet.core.models import DEFAULT_MODEL, load_model
+from funcnet.errors import FuncnetError
 
 MODEL_HELP = "model spec: HF id, folder, .gguf or alias"
 
@@ -48,3 +52,19 @@ class StagePrinter:
 
     def next(self, name: str) -> None:
         self(self.i + 1, self.n, name)
+
+
+def check_positive(args, *names: str, allow_zero: tuple[str, ...] = ()) -> None:
+    """Refuse, before any work, a count option below 1 (or below 0 for names in ``allow_zero``)."""
+    for name in names:
+        v = getattr(args, name, None)
+        low = 0 if name in allow_zero else 1
+        if v is not None and v < low:
+            what = "a positive number" if low else "zero or more"
+            raise FuncnetError(f"--{name.replace('_', '-')} must be {what}, got {v}")
+
+
+def check_out(args, *, is_dir: bool = True, what: str = "output folder") -> Path:
+    """``--out``, checked before the model loads: not a protected folder, not an existing path without
+    --overwrite, with --overwrite only funcnet's own output, and a place that can be written."""
+    return check_output(args.out, overwrite=getattr(args, "overwrite", False), is_dir=is_dir, what=what)

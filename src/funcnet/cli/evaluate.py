@@ -1,11 +1,12 @@
 """`funcnet eval`."""
 from __future__ import annotations
 
+import argparse
 import json
 from typing import Any, Mapping
 
-from funcnet.cli._common import add_model_argument, load
-from funcnet.core._io import write_json
+from funcnet.cli._common import add_model_argument, check_positive, load
+from funcnet.core._io import check_output, write_json
 from funcnet.core.models import DEFAULT_MODEL
 from funcnet.errors import FuncnetError
 from funcnet.evaluate import EvalResult, _corpus_domains, evaluate_domains, lm_eval_tasks
@@ -53,7 +54,7 @@ def _window_arg(s: str):
     try:
         v = int(s)
     except ValueError:
-        raise FuncnetError(f"--window must be an integer or 'context', got '{s}'") from None
+        raise argparse.ArgumentTypeError(f"--window must be an integer or 'context', got '{s}'") from None
     return v
 
 
@@ -82,6 +83,14 @@ def register_cli(sub) -> None:
 
 
 def _handle_eval(args) -> int:
+    # arguments and the --json path before the model loads
+    check_positive(args, "batch_size", "max_windows", "stride")
+    if isinstance(args.window, int) and args.window < 2:
+        raise FuncnetError(f"--window must be at least 2 tokens (or 'context'), got {args.window}")
+    if args.limit is not None and args.limit <= 0:
+        raise FuncnetError(f"--limit must be positive, got {args.limit}")
+    if args.json:
+        check_output(args.json, overwrite=True, is_dir=False, what="--json file")
     if args.model is None:
 
         args.model = DEFAULT_MODEL

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from funcnet.cli._common import add_model_argument, load
 from funcnet.core.models import DEFAULT_MODEL
-from funcnet.data.store import ActivationStore
+from funcnet.data.store import ActivationStore, looks_like_store
 from funcnet.errors import FuncnetError
 
 
@@ -14,7 +13,7 @@ def _cmd_info(args) -> int:
     if args.target is not None and args.model is not None and args.target != args.model:
         raise FuncnetError(f"two models named: '{args.target}' and --model '{args.model}'; name one")
     target = args.model or args.target or DEFAULT_MODEL
-    if Path(target).is_dir() and (Path(target) / "manifest.json").exists():
+    if looks_like_store(target):  # a damaged store (no manifest) is reported as one, not as "no model"
         print(json.dumps(ActivationStore.open(target).summary(), indent=2))
         return 0
 

@@ -2,26 +2,25 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-from funcnet.cli._common import add_model_argument, load
-from funcnet.data.record import parse_signals
-from funcnet.errors import FuncnetError
+from funcnet.cli._common import add_model_argument, check_out, check_positive, load
+from funcnet.data.record import parse_layers, parse_signals
 from funcnet.networks import MODES, decompose, ensure_store
 
 
 def _cmd_networks(args) -> int:
-
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FuncnetError(f"output file {out} exists; pass --overwrite to replace it")
-    lm = load(args)
+    # arguments and --out before the model loads
+    check_positive(args, "max_tokens", "max_length", "n_components", "window", "groups", "group_size", "n_init", "top")
     sig = parse_signals(args.signals)
+    out = check_out(args, is_dir=False, what="output file")
+    lm = load(args)
+    layers = None if str(args.layers).strip().lower() in ("all", "") else parse_layers(args.layers, lm.n_layers)
     t0 = time.time()
     store = ensure_store(lm, args.corpus, store=args.store, signals=sig, layers=args.layers, split=args.split,
                          max_tokens=args.max_tokens, max_length=args.max_length)
     t1 = time.time()
-    nets = decompose(store, mode=args.mode, n_components=args.n_components, signals=sig, window=args.window,
+    nets = decompose(store, mode=args.mode, n_components=args.n_components, layers=layers, signals=sig,
+                     window=args.window,
                      n_groups=args.groups, group_size=args.group_size, method=args.method, n_init=args.n_init,
                      random_state=args.seed, device=args.device, checkpoint=args.checkpoint, tol=args.tol,
                      model_identity=lm.identity, neurons_per_layer=lm.adapter.neurons_per_layer(lm.model))
@@ -29,7 +28,7 @@ def _cmd_networks(args) -> int:
     nets.save(out)
     thr = dict(threshold=args.threshold, positive_only=args.positive_only)
     print(nets.summary(top=args.top, min_stability=args.min_stability, **thr))
-    print(f"recording {t1 - t0:.1f} s, decomposition {t2 - t1:.1f} s -> {out}")
+    print(f"recording {t1 - t0:.1f} s, decomposition {t2 - t1:.1f} s -> {args.out}")
     return 0
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from funcnet.cli._common import add_model_argument, load
+from funcnet.cli._common import add_model_argument, check_out, check_positive, load
 from funcnet.core.pruned import save_pruned
 from funcnet.errors import FuncnetError
 from funcnet.prune import (ALLOCATIONS, COMPENSATIONS, DEFAULT_COMPENSATION, DEFAULT_MAX_COVARIANCE_BYTES,
@@ -38,11 +38,16 @@ def summary_lines(report: dict) -> list[str]:
 
 def _cmd_prune(args) -> int:
 
+    # every argument and --out are checked before the model loads and before any pruning work
     if not (0.0 < args.ratio < 1.0) and args.method != "fn-threshold":
         raise FuncnetError(f"--ratio must be in (0, 1), got {args.ratio}")
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FuncnetError(f"output folder '{out}' exists; pass --overwrite to replace it")
+    check_positive(args, "batch_size", "calib_tokens", "groups", "group_size", "n_components")
+    if args.ridge < 0 or args.max_covariance_gb <= 0:
+        raise FuncnetError(f"--ridge must be >= 0 and --max-covariance-gb > 0, got {args.ridge} and "
+                           f"{args.max_covariance_gb}")
+    if args.networks and not Path(args.networks).is_file():
+        raise FuncnetError(f"networks file not found: {args.networks}")
+    out = check_out(args)
     lm = load(args)
     kw = {}
     if args.threshold is not None:
@@ -59,7 +64,7 @@ def _cmd_prune(args) -> int:
     save_pruned(res.lm, lm.tokenizer, out, res.report, overwrite=args.overwrite)
     for line in summary_lines(res.report):
         print(line)
-    print(f"saved to {out}")
+    print(f"saved to {args.out}")
     return 0
 
 
