@@ -192,6 +192,10 @@ def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
         return
     if reason is not None:
         raise FuncnetError(f"will not write into '{out}': {reason}")
+    if not complete and not (out / ".incomplete").exists() and not overwrite:
+        # not an interrupted creation (that leaves .incomplete): the store lost its manifest
+        raise FuncnetError(f"activation store '{out}' is incomplete or damaged (its manifest.json is missing); "
+                           f"record it again with `funcnet record ... --out {out} --overwrite`")
     if complete and not overwrite:
         raise FuncnetError(f"activation store {out} already exists; pass --resume to continue it or --overwrite")
     check_output(out, overwrite=True, what="store folder", owned=store_owned)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -43,6 +44,32 @@ def store_owned(path) -> str | None:
     if extra:
         return f"it holds files funcnet did not write ({', '.join(extra[:5])}); choose another --out"
     return None
+
+
+def looks_like_store(path) -> bool:
+    """True for a folder funcnet wrote as an activation store, a damaged one (no manifest) included."""
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    if (p / "manifest.json").is_file():
+        return True
+    marker = p / OUTPUT_MARKER
+    if marker.is_file():
+        try:
+            return json.loads(marker.read_text()).get("kind") == "activation-store"
+        except (OSError, ValueError, AttributeError):
+            return False
+    return (p / "acts").is_dir() and (p / "tokens").is_dir()
+
+
+#: what reading a damaged ``.npy`` file raises (a bad header is parsed with ast.literal_eval)
+_NPY_ERRORS = (OSError, ValueError, SyntaxError, EOFError, tokenize.TokenError)
+
+
+def _damaged(store_path, rel: str, e: BaseException) -> FuncnetError:
+    first = (str(e).splitlines() or [""])[0][:160]
+    return FuncnetError(f"activation store {store_path} is damaged: cannot read {rel} ({type(e).__name__}: {first}); "
+                        "record it again with --overwrite")
 
 
 def act_name(layer: int, signal: str) -> str:
@@ -196,6 +223,11 @@ class ActivationStore:
         path = Path(path)
         mf = path / "manifest.json"
         if not mf.exists():
+            if looks_like_store(path):
+                why = ("its recording was interrupted before it began" if (path / ".incomplete").exists()
+                       else "its manifest.json is missing")
+                raise FuncnetError(f"activation store '{path}' is incomplete or damaged ({why}); record it again "
+                                   "with `funcnet record ... --overwrite`")
             raise FuncnetError(f"'{path}' is not an activation store (no manifest.json)")
         try:
             manifest = json.loads(mf.read_text())
@@ -242,7 +274,10 @@ class ActivationStore:
     def _offset(self, path: Path) -> int:
         key = str(path)
         if key not in self._offsets:
-            self._offsets[key] = _npy_data_offset(path)
+            try:
+                self._offsets[key] = _npy_data_offset(path)
+            except _NPY_ERRORS as e:
+                raise _damaged(self.path, f"{path.parent.name}/{path.name}", e) from e
         return self._offsets[key]
 
     @property
@@ -289,8 +324,20 @@ class ActivationStore:
         self._require_complete()
         key = act_name(layer, signal)
         if key not in self._arrays:
-            self._arrays[key] = np.load(self.path / "acts" / f"{key}.npy", mmap_mode="r")
+            self._arrays[key] = self._load_npy(f"acts/{key}.npy", (self.n_tokens, self.width(layer, signal)))
         return self._arrays[key]
+
+    def _load_npy(self, rel: str, shape: tuple[int, ...] | None = None, n_rows: int | None = None) -> np.ndarray:
+        """Memory-map one array of the store; a damaged file or a shape that disagrees with the manifest
+        is a FuncnetError naming the file."""
+        try:
+            a = np.load(self.path / rel, mmap_mode="r")
+        except _NPY_ERRORS as e:
+            raise _damaged(self.path, rel, e) from e
+        if (shape is not None and a.shape != shape) or (n_rows is not None and (a.ndim < 1 or a.shape[0] != n_rows)):
+            raise FuncnetError(f"activation store {self.path} is damaged: {rel} has shape {a.shape}, the manifest "
+                               f"says {shape if shape is not None else (n_rows, '...')}; record it again with --overwrite")
+        return a
 
     def _to_float(self, a: np.ndarray) -> np.ndarray:
         if self.dtype == "bfloat16":
@@ -326,7 +373,7 @@ class ActivationStore:
         """Per-token metadata arrays: seq_ids, doc_ids, positions, token_ids, char_spans [n, 2]."""
         if not self._tokens:
             for name in TOKEN_FIELDS:
-                self._tokens[name] = np.load(self.path / "tokens" / f"{name}.npy", mmap_mode="r")
+                self._tokens[name] = self._load_npy(f"tokens/{name}.npy", n_rows=self.n_tokens)
         return self._tokens
 
     def document_ids(self) -> np.ndarray:

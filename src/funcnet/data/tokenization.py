@@ -23,6 +23,7 @@ recovered by incremental decoding (approximate where the tokenizer normalizes te
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -31,6 +32,8 @@ import numpy as np
 from funcnet.core._io import sha256_text
 from funcnet.core.forward import iter_batches
 from funcnet.errors import FuncnetError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -237,11 +240,14 @@ def tokenize_corpus(
 def _tokenize_documents(corpus, tokenizer, max_length, max_tokens, add_special_tokens, special) -> list[TokenSequence]:
     sequences = []
     total = 0
+    cut, longest = 0, 0
     for doc_id, ids, spans in _iter_encoded(tokenizer, corpus, add_special_tokens, special):
         # a document whose only tokens are special tokens has no tokens of its own: skip it
         if ids.size == 0 or np.isin(ids, list(special)).all():
             continue
         n = min(len(ids), max_length)
+        if len(ids) > max_length:
+            cut, longest = cut + 1, max(longest, len(ids))
         if max_tokens is not None:
             n = min(n, max_tokens - total)
         sequences.append(TokenSequence(
@@ -253,6 +259,10 @@ def _tokenize_documents(corpus, tokenizer, max_length, max_tokens, add_special_t
         total += n
         if max_tokens is not None and total >= max_tokens:
             break
+    if cut:  # reported once per corpus, never silently
+        log.warning("%d of %d documents were longer than max_length=%d tokens and were cut to it (the longest had "
+                    "%d tokens); raise --max-length or use --mode packed to keep more text",
+                    cut, len(sequences), max_length, longest)
     return sequences
 
 
