@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from funcnet.core._io import atomic_path, cache_dir, file_digest
 from funcnet._defaults import DEFAULT_MODEL
@@ -182,8 +183,8 @@ def load_model(
         if "Unrecognized configuration class" in msg or "AutoModelForCausalLM" in msg:
             raise FuncnetError(f"'{spec}' is not a causal language model ({type(config).__name__})") from e
         raise FuncnetError(f"cannot load model '{spec}': {msg[:200]}") from e
-    except OSError as e:
-        raise FuncnetError(f"cannot load model '{spec}': {str(e).splitlines()[0][:200]}") from e
+    except (OSError, RuntimeError, KeyError, EOFError, SafetensorError) as e:  # damaged weights, shape mismatch
+        raise FuncnetError(f"cannot load model '{spec}': {(str(e).splitlines() or [''])[0][:200]}") from e
     if device is not None and device_map is None:
         model = model.to(device)
     model.eval()

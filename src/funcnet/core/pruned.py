@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import transformers
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from funcnet._version import __version__
@@ -164,15 +165,47 @@ def is_pruned_folder(path) -> bool:
     return isinstance(d, dict) and ("funcnet_pruned" in d or d.get("model_type") == PRUNED_MODEL_TYPE)
 
 
-def save_pruned(model, tokenizer, out_dir, report: dict | None = None, *, overwrite: bool = False) -> Path:
+#: ``save_pruned`` formats: ``funcnet`` (per-layer shapes, funcnet's classes), ``native`` (a plain folder
+#: of the base architecture, when every layer has the same shapes), ``auto`` (native when possible)
+SAVE_FORMATS = ("funcnet", "native", "auto")
+#: config key of the MLP width, per base model type (default ``intermediate_size``)
+_WIDTH_KEYS = {"gpt2": "n_inner", "opt": "ffn_dim"}
+#: config flag that gives every MLP projection a bias (zero where funcnet added none), per base model type
+_MLP_BIAS_KEYS = {"llama": "mlp_bias"}
+#: config flag that gives q/k/v/o a bias (zero where funcnet added none), per base model type
+_ATTN_BIAS_KEYS = {"llama": "attention_bias", "qwen3": "attention_bias"}
+
+
+def save_pruned(model, tokenizer, out_dir, report: dict | None = None, *, overwrite: bool = False,
+                format: str = "funcnet") -> Path:
     """Write a Hugging Face folder of the pruned model (see the module docstring): it loads with
     :func:`load_pruned`, with ``AutoModelForCausalLM.from_pretrained(dir)`` after ``import funcnet``,
-    and without funcnet with ``trust_remote_code=True``. Atomic (temp folder + rename)."""
+    and without funcnet with ``trust_remote_code=True``. Atomic (temp folder + rename).
+
+    ``format="native"`` writes instead a plain folder of the base architecture (its own
+    ``model_type``, a smaller ``intermediate_size``, Llama's ``mlp_bias`` / ``attention_bias`` where
+    compensation added biases) that loads with plain ``AutoModelForCausalLM.from_pretrained(dir)``
+    without funcnet or remote code; possible only when every layer has the same MLP width and head
+    counts (:func:`native_reason` says why not). ``"auto"`` writes a native folder when possible, else
+    the funcnet format. The format written and why are recorded in the report (``saved_format``,
+    ``saved_format_reason``)."""
+    if format not in SAVE_FORMATS:
+        raise FuncnetError(f"unknown pruned-folder format '{format}'; choose from {', '.join(SAVE_FORMATS)}")
     lm = wrap_model(model, tokenizer)
     out = Path(out_dir)
     check_output(out, overwrite=overwrite, what="output folder")
     if not hasattr(lm.model.config, "funcnet_pruned"):
         update_config(lm)
+    rep = dict(report or lm.info.get("pruning_report") or {})
+    if format != "funcnet":
+        why = native_reason(lm)
+        if why is None:
+            rep.update(saved_format="native", saved_format_reason="every layer has the same shapes")
+            _save_native(lm, out, rep)
+            return out
+        if format == "native":
+            raise FuncnetError(f"cannot save a native {lm.model.config.model_type} folder: {why}")
+        rep.update(saved_format="funcnet", saved_format_reason=why)
     cfg = lm.model.config
     src = modeling_source(lm.model)
     mod = MODELING_NAME[:-3]
@@ -187,7 +220,6 @@ def save_pruned(model, tokenizer, out_dir, report: dict | None = None, *, overwr
             if lm.tokenizer is not None:
                 lm.tokenizer.save_pretrained(tmp)
             (tmp / MODELING_NAME).write_text(src)
-            rep = dict(report or lm.info.get("pruning_report") or {})
             (tmp / REPORT_NAME).write_text(json.dumps(rep, indent=2, default=_json_default))
             mark_output(tmp, "pruned-model", [e.name for e in tmp.iterdir()])
     finally:
@@ -196,6 +228,111 @@ def save_pruned(model, tokenizer, out_dir, report: dict | None = None, *, overwr
             del cfg.auto_map
         cfg.architectures = old_arch
     return out
+
+
+#: config attributes funcnet adds to a pruned model's config (left out of a native folder)
+_FUNCNET_CONFIG_KEYS = ("funcnet_pruned", "intermediate_sizes", "num_attention_heads_per_layer",
+                        "num_key_value_heads_per_layer", "mlp_bias_per_layer", "o_bias_per_layer",
+                        "funcnet_base_model_type", "auto_map")
+
+
+def native_config(lm) -> tuple[PretrainedConfig | None, str | None]:
+    """(the base-architecture config of a native folder, None) for a pruned model whose layers all
+    have the same shapes, else (None, the reason why not)."""
+    model = lm.model
+    cfg = model.config
+    if not hasattr(cfg, "funcnet_pruned"):
+        update_config(lm)
+    mt = cfg.model_type
+    if mt == PRUNED_MODEL_TYPE:
+        mt = cfg.funcnet_base_model_type
+    widths = list(cfg.intermediate_sizes)
+    nq, nkv = list(cfg.num_attention_heads_per_layer), list(cfg.num_key_value_heads_per_layer)
+    if len(set(widths)) != 1:
+        return None, f"MLP widths differ between layers ({min(widths)}..{max(widths)}); saved in funcnet's format"
+    if len(set(nq)) != 1 or len(set(nkv)) != 1:
+        return None, "head counts differ between layers; saved in funcnet's format"
+    d = cfg.to_dict()
+    for k in _FUNCNET_CONFIG_KEYS:
+        d.pop(k, None)
+    d["model_type"] = mt
+    d[_WIDTH_KEYS.get(mt, "intermediate_size")] = widths[0]
+    base_hc = lm.adapter.head_config(cfg)
+    if (nq[0], nkv[0]) != (base_hc.n_heads, base_hc.n_kv_heads):
+        if "head_dim" not in d:
+            return None, f"the {mt} config cannot express pruned heads (no head_dim); saved in funcnet's format"
+        d.update(num_attention_heads=nq[0], num_key_value_heads=nkv[0], head_dim=base_hc.head_dim)
+    layers = lm.layers
+    for path, keys, what in ((lm.adapter.down, _MLP_BIAS_KEYS, "down-projection"),
+                             (lm.adapter.o_proj, _ATTN_BIAS_KEYS, "attention-output")):
+        has = [not shrink.bias_missing(l, path) for l in layers]
+        if any(has):
+            key = keys.get(mt)
+            if key is None and not _base_has_bias(mt, d, path, layers[0]):
+                return None, (f"compensation added a {what} bias and the {mt} config has no option for it; "
+                              "saved in funcnet's format")
+            if key is not None:
+                d[key] = True
+    try:
+        new = _base_classes(mt)[0].from_dict(d)
+    except (ValueError, TypeError, KeyError) as e:
+        return None, f"the {mt} config rejects the pruned shapes ({str(e).splitlines()[0][:120]})"
+    return new, None
+
+
+def _base_has_bias(mt, d, path, layer) -> bool:
+    """Whether the dense base architecture (config ``d``) already has a bias on ``path``."""
+    import torch
+
+    cfg = _base_classes(mt)[0].from_dict({**d, "num_hidden_layers": 1})
+    with torch.device("meta"):
+        ref = _base_classes(mt)[1](cfg)
+    ref_layer = get_adapter(ref).get_layers(ref)[0]
+    return not shrink.bias_missing(ref_layer, path)
+
+
+def native_reason(lm) -> str | None:
+    """None when :func:`save_pruned` can write a native folder of this (pruned) model, else why not."""
+    lm = wrap_model(lm)
+    new, why = native_config(lm)
+    if why is not None:
+        return why
+    return _native_state(lm, new)[1]
+
+
+def _native_state(lm, new_cfg) -> tuple[dict | None, str | None]:
+    """The state dict of a native folder (zero biases where the base architecture now has them and
+    funcnet added none), checked name by name and shape by shape against the base class built on the
+    meta device from ``new_cfg``; (None, reason) when they disagree."""
+    import torch
+
+    with torch.device("meta"):
+        ref = _base_classes(new_cfg.model_type)[1](new_cfg)
+    want = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    sd = dict(lm.model.state_dict())
+    for k, shape in want.items():
+        if k not in sd and k.endswith(".bias") and k[:-5] + ".weight" in sd:
+            w = sd[k[:-5] + ".weight"]
+            sd[k] = torch.zeros(shape, dtype=w.dtype, device=w.device)
+    bad = sorted(k for k in set(want) | set(sd) if k not in want or k not in sd or tuple(sd[k].shape) != want[k])
+    if bad:
+        return None, f"the base architecture does not fit the pruned weights ({bad[0]}); saved in funcnet's format"
+    return sd, None
+
+
+def _save_native(lm, out: Path, rep: dict) -> None:
+    new_cfg, why = native_config(lm)
+    sd, why = (None, why) if why else _native_state(lm, new_cfg)
+    if why:
+        raise FuncnetError(f"cannot save a native folder: {why}")
+    new_cfg.architectures = [_base_classes(new_cfg.model_type)[1].__name__]
+    with atomic_path(out, is_dir=True) as tmp:
+        lm.model.save_pretrained(tmp, state_dict=sd)
+        new_cfg.to_json_file(str(tmp / "config.json"))
+        if lm.tokenizer is not None:
+            lm.tokenizer.save_pretrained(tmp)
+        (tmp / REPORT_NAME).write_text(json.dumps(rep, indent=2, default=_json_default))
+        mark_output(tmp, "pruned-model", [e.name for e in tmp.iterdir()])
 
 
 def _mark_config(path: Path) -> None:
@@ -215,6 +352,25 @@ def _save_weights(model, folder) -> None:
     model.save_pretrained(folder, **kw)
 
 
+def _check_weight_shapes(p: Path, d: dict) -> None:
+    """Compare the per-layer shapes of config.json with the tensors in the weight files (their headers
+    only), so that a folder whose config and weights disagree is one clear error, not a load report."""
+    spec = d.get("funcnet_pruned") or {}
+    want = {}
+    try:
+        for i, ls in enumerate(spec.get("layers", [])):
+            for path, (out_f, in_f, _bias, conv1d, *_) in ls.get("modules", {}).items():
+                want[f"{spec['layers_path']}.{i}.{path}.weight"] = [in_f, out_f] if conv1d else [out_f, in_f]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return  # an unexpected spec: leave it to the loader
+    for f in sorted(p.glob("*.safetensors")):
+        with safe_open(str(f), framework="numpy") as st:
+            for k in st.keys():
+                if k in want and list(st.get_slice(k).get_shape()) != want[k]:
+                    raise FuncnetError(f"cannot load pruned model '{p}': config.json gives {k} the shape {want[k]} "
+                                       f"but {f.name} holds {list(st.get_slice(k).get_shape())}")
+
+
 def load_pruned(path, *, dtype=None, device=None, device_map=None) -> LoadedModel:
     """Load a folder written by :func:`save_pruned` as a LoadedModel, with funcnet's own classes
     (never the folder's Python file). ``device_map`` (e.g. ``"auto"``) spreads it over devices."""
@@ -223,6 +379,7 @@ def load_pruned(path, *, dtype=None, device=None, device_map=None) -> LoadedMode
         raise FuncnetError(f"'{p}' is not a funcnet pruned-model folder (its config.json has no funcnet_pruned shapes)")
     try:
         d = json.loads((p / "config.json").read_text())
+        _check_weight_shapes(p, d)
         if d.get("model_type") == PRUNED_MODEL_TYPE:
             cfg = FuncnetPrunedConfig.from_pretrained(str(p)).base_config()
         else:  # funcnet 0.1: the base model type, per-layer shapes and an auto_map to its own modeling file
@@ -231,8 +388,8 @@ def load_pruned(path, *, dtype=None, device=None, device_map=None) -> LoadedMode
                                                                    device_map=device_map)
     except FuncnetError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise FuncnetError(f"cannot load pruned model '{p}': {str(e).splitlines()[0][:200]}") from e
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+        raise FuncnetError(f"cannot load pruned model '{p}': {(str(e).splitlines() or [''])[0][:200]}") from e
     if device is not None and device_map is None:
         model = model.to(device)
     model.eval()
