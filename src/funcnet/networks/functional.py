@@ -25,7 +25,7 @@ from funcnet.errors import FuncnetError
 from funcnet._version import __version__
 from funcnet.core._io import cache_dir, sha256_text
 from funcnet.core.models import as_loaded, model_identity
-from funcnet.data.record import record
+from funcnet.data.record import parse_layers, record
 from funcnet.data.store import ActivationStore
 from funcnet.networks.canica import fit_many
 
@@ -520,7 +520,17 @@ def ensure_store(model, corpus: str, *, store: str | None, signals, layers="all"
         if st.manifest.get("model_identity") != model.identity:
             raise FuncnetError(f"activation store {store} was recorded from another model "
                                f"({st.manifest.get('model_spec')}); choose another --store")
+        # named --layers must be in the store ("all": the store's own layers)
+        wanted = [] if str(layers).strip().lower() in ("all", "", "none") else parse_layers(layers, model.n_layers)
+        missing = [l for l in wanted if l not in st.layers]
+        if missing:
+            raise FuncnetError(f"--layers {layers}: store {store} holds layers "
+                               f"{', '.join(map(str, st.layers)) or 'none'}, not {', '.join(map(str, missing))}; "
+                               "record them into another --store")
         if st.complete:
+            for a in st.manifest.get("arrays", {}).values():  # every array readable, before any work
+                st.layer(a["layer"], a["signal"])
+            st.tokens
             return st
     kw = dict(signals=signals, layers=layers, split=split, max_tokens=max_tokens, max_length=max_length,
               batch_size=batch_size)
