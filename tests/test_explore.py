@@ -312,6 +312,7 @@ def test_explore_reports_each_stage_of_how_many(tmp_path, capsys):
     printer.next("HTML report")
     n = seen[0][1]
     assert [i for i, _, _ in seen] == list(range(1, n)) and all(m == n for _, m, _ in seen)
-    assert [s for _, _, s in seen][-1] == "figures" and "anatomy" in [s for _, _, s in seen]
+    assert [s for _, _, s in seen][-2:] == ["figures", "network browser"] and "anatomy" in [s for _, _, s in seen]
+    assert (tmp_path / "res" / "browser" / "index.html").is_file()
     err = capsys.readouterr().err.splitlines()
     assert err[0] == f"[1/{n}] load the model" and err[-1] == f"[{n}/{n}] HTML report"

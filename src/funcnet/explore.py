@@ -16,8 +16,9 @@ from funcnet.data.corpus import load_corpus
 from funcnet.errors import FuncnetError
 from funcnet.experiments import (DOMAINS, amplification_experiment, anatomy, eval_domains, lesion_experiment,
                                  preservation_experiment, recurrence_experiment)
-from funcnet.experiments.schema import NETWORKS_FILE, RunInfo, write_result
+from funcnet.experiments.schema import EXPERIMENTS, NETWORKS_FILE, RunInfo, write_result
 from funcnet.networks import FunctionalNetworks, decompose, ensure_store
+from funcnet.report.browse import build_site
 from funcnet.report.plots import make_figures
 
 __all__ = ["SIZES", "explore", "DOMAINS", "eval_domains", "anatomy", "lesion_experiment", "preservation_experiment",
@@ -40,11 +41,12 @@ def explore(model="smollm2-135m", out: str | os.PathLike = "funcnet-results", *,
             corpus: str = "builtin", domains: Sequence[str] = DOMAINS, seed: int = 0, threshold: float = 3.6,
             experiments: Sequence[str] = ("networks", "anatomy", "lesion", "preserve", "amplify", "recurrence"),
             progress: bool = True, on_stage: Callable[[int, int, str], None] | None = None,
-            extra_stages: int = 0, **overrides) -> Path:
+            extra_stages: int = 0, browser: bool = True, **overrides) -> Path:
     """Run the exploration pipeline and write JSON results + figures into ``out``.
 
     ``on_stage(i, n, name)`` is called as each stage starts (the CLI prints "[i/n] name"); ``n``
-    counts ``extra_stages`` more that the caller runs afterwards (e.g. the report)."""
+    counts ``extra_stages`` more that the caller runs afterwards (e.g. the report). ``browser``: also
+    write the network browser (``out/browser/index.html``, :func:`funcnet.report.browse.build_site`)."""
 
     if size not in SIZES:
         raise FuncnetError(f"unknown size '{size}'; choose from {', '.join(SIZES)}")
@@ -55,6 +57,8 @@ def explore(model="smollm2-135m", out: str | os.PathLike = "funcnet-results", *,
     if "networks" in experiments or any(e in experiments for e in ("anatomy", "lesion", "amplify")):
         stages.append("functional networks (CanICA)")
     stages += [e for e in ("anatomy", "lesion", "preserve", "amplify", "recurrence") if e in experiments] + ["figures"]
+    if browser:
+        stages.append("network browser")
     n_stages = len(stages) + extra_stages
     done = iter(range(1, n_stages + 1))
 
@@ -119,4 +123,9 @@ def explore(model="smollm2-135m", out: str | os.PathLike = "funcnet-results", *,
     write_result(out, run)
     stage("figures")
     make_figures(out, nets=nets)
+    if browser and nets is not None:
+        stage("network browser")
+        lesion_file = out / EXPERIMENTS["lesion"].result_file
+        build_site(nets, lm, store, out / "browser", lesion=lesion_file if lesion_file.exists() else None,
+                   corpus=calib, overwrite=True, progress=progress, seed=seed)
     return out
