@@ -15,6 +15,7 @@ import inspect
 import json
 from pathlib import Path
 
+import torch
 import transformers
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
@@ -282,8 +283,6 @@ def native_config(lm) -> tuple[PretrainedConfig | None, str | None]:
 
 def _base_has_bias(mt, d, path, layer) -> bool:
     """Whether the dense base architecture (config ``d``) already has a bias on ``path``."""
-    import torch
-
     cfg = _base_classes(mt)[0].from_dict({**d, "num_hidden_layers": 1})
     with torch.device("meta"):
         ref = _base_classes(mt)[1](cfg)
@@ -304,8 +303,6 @@ def _native_state(lm, new_cfg) -> tuple[dict | None, str | None]:
     """The state dict of a native folder (zero biases where the base architecture now has them and
     funcnet added none), checked name by name and shape by shape against the base class built on the
     meta device from ``new_cfg``; (None, reason) when they disagree."""
-    import torch
-
     with torch.device("meta"):
         ref = _base_classes(new_cfg.model_type)[1](new_cfg)
     want = {k: tuple(v.shape) for k, v in ref.state_dict().items()}

@@ -75,6 +75,7 @@ def prune(
     ridge: float = DEFAULT_RIDGE,
     ls_max_regressors: int = DEFAULT_LS_FN_REGRESSORS,
     max_covariance_bytes: int = DEFAULT_MAX_COVARIANCE_BYTES,
+    multiple_of: int = 1,
     **method_kw,
 ) -> PruneResult:
     """Prune ``model`` (a LoadedModel, a spec, or a model with ``tokenizer=``) in place.
@@ -86,7 +87,9 @@ def prune(
     ``stats`` when it has one (``calibration_stats(covariance=True)``), else computed here from
     ``calib`` within ``max_covariance_bytes`` (in one pass when it fits, else in chunks of layers,
     each calibrated on the dense model and shrunk before the next, last layers first); ``ls-fn``
-    also needs ``networks``.
+    also needs ``networks``. ``multiple_of`` rounds every pruned layer's MLP width to a multiple
+    of it (see :func:`select`; 1, the default, keeps exact widths; ``funcnet prune`` uses 32 so that
+    llama.cpp's quantized blocks fit, see docs/deploy.md).
 
     Stages: what the run needs (calibration statistics, their covariance, functional networks) is
     read off the method's :class:`~funcnet.prune.registry.PruningMethod` record for ``method_kw``
@@ -95,6 +98,8 @@ def prune(
     ``calib``, networks with :func:`networks_for_pruning`); then scores, :func:`select` and
     compensation + shrink."""
 
+    if int(multiple_of) != multiple_of or int(multiple_of) < 1:
+        raise FuncnetError(f"multiple_of must be an integer >= 1, got {multiple_of}")
     lm = as_loaded(model, tokenizer)
     comp = _resolve_compensation(compensation if compensation is not None else
                                  (DEFAULT_COMPENSATION if bias_compensation else "none"), bias_compensation)
@@ -159,7 +164,7 @@ def prune(
             imp = compute_importance(rec.score, lm, stats, seed=seed, heads=heads, **kw)
         alloc = allocation or DEFAULT_ALLOCATION.get(imp.method or name, "global")
         sel = select(lm, imp, ratio, of=of, allocation=alloc, protect=protect, heads=heads,
-                     bias_compensation=bias_compensation)
+                     bias_compensation=bias_compensation, multiple_of=multiple_of)
         pruned_layers = [i for i in range(lm.n_layers)
                          if len(sel.keep_neurons[i]) < lm.adapter.n_neurons(lm.layers[i])]
         if comp.startswith("ls") and any(i not in stats.neuron_xtx for i in pruned_layers):
@@ -181,6 +186,7 @@ def prune(
         "achieved_ratio": achieved,
         "achieved_ratios": {k: (before[k] - after[k]) / before[k] for k in before},
         "allocation": alloc,
+        "multiple_of": int(multiple_of),
         "heads": bool(heads),
         "kept_neurons_per_layer": [int(len(sel.keep_neurons[i])) for i in range(lm.n_layers)],
         "kept_neurons": {str(i): sel.keep_neurons[i].tolist() for i in range(lm.n_layers)},

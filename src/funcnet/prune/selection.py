@@ -74,10 +74,24 @@ def select(
     protect=DEFAULT_PROTECT,
     heads: bool = False,
     bias_compensation: bool = True,
+    multiple_of: int = 1,
 ) -> Selection:
     """Choose which neurons (and key/value groups) to keep so that ``ratio`` of the ``of``
     parameters is removed, within one neuron's parameters (bias parameters added by compensation
-    are counted). With ``importance.keep_masks`` the masks are used as given (threshold rule)."""
+    are counted). With ``importance.keep_masks`` the masks are used as given (threshold rule).
+
+    ``multiple_of=m`` (default 1: exact widths, the selection above unchanged) makes every pruned
+    layer keep a multiple of ``m`` neurons, at least ``m`` (what quantized kernels want: llama.cpp's
+    Q8_0 / Q4_K blocks are 32 / 256 wide); a layer the selection leaves whole keeps its width. The
+    rule: the exact selection's per-layer kept counts are rounded down to multiples of ``m``, then,
+    layer by layer, the rounding up that brings the removed parameters nearest the target is taken
+    while it brings them nearer; so the result is as close to the target as the granularity allows
+    (within half of one layer's ``m`` neurons' parameters, plus one compensation bias). Which
+    neurons go still follows the layer's importance (lowest first). With a threshold rule the kept
+    count of each pruned layer is rounded up."""
+    if int(multiple_of) != multiple_of or int(multiple_of) < 1:
+        raise FuncnetError(f"multiple_of must be an integer >= 1, got {multiple_of}")
+    multiple_of = int(multiple_of)
     lm = as_loaded(lm)
     ad, layers = lm.adapter, lm.layers
     n = len(layers)
@@ -111,6 +125,9 @@ def select(
                 m = m.copy()
                 m[int(np.argmax(importance.neurons.get(i, np.zeros(widths[i]))))] = True
             keep[i] = np.flatnonzero(m)
+            if multiple_of > 1 and len(keep[i]) < widths[i]:
+                keep[i] = _top_k(importance.neurons.get(i, m.astype(np.float64)), keep[i],
+                                 min(widths[i], -(-len(keep[i]) // multiple_of) * multiple_of))
             k = widths[i] - len(keep[i])
             removed += k * ppn[i] - (mlp_bias_cost[i] if k else 0)
         return Selection(keep, None, None, denom, of, allocation, protected, removed)
@@ -217,6 +234,10 @@ def select(
             if heads and parts[i][1]:
                 removed_g[i] = [int(g) for g in np.argsort(np.asarray(importance.heads[i]), kind="stable")[: parts[i][1]]]
 
+    if multiple_of > 1:
+        removed_n = _round_widths(importance, removed_n, free, widths, ppn, mlp_bias_cost, multiple_of,
+                                  target - sum(len(removed_g[i]) * gcost[i] - (o_bias_cost[i] if removed_g[i] else 0)
+                                               for i in range(n)) if heads else target)
     keep = {i: np.setdiff1d(np.arange(widths[i]), removed_n[i]) for i in range(n)}
     keep_heads = None
     if heads:
@@ -229,3 +250,48 @@ def select(
         if heads and removed_g[i]:
             predicted += len(removed_g[i]) * gcost[i] - o_bias_cost[i]
     return Selection(keep, keep_heads, int(round(target)), denom, of, allocation, protected, int(predicted))
+
+
+def _top_k(scores, must, k: int) -> np.ndarray:
+    """Sorted indices of ``k`` neurons: those of ``must``, then the highest ``scores`` of the rest."""
+    must = np.asarray(must, dtype=np.int64)
+    taken = set(must.tolist())
+    extra = [int(j) for j in np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable") if int(j) not in taken]
+    return np.sort(np.concatenate([must, np.asarray(extra[: max(0, k - len(must))], dtype=np.int64)]))
+
+
+def _round_widths(importance, removed_n, free, widths, ppn, bias_cost, m: int, target: float) -> dict:
+    """Round each free layer's kept width to a multiple of ``m`` (see :func:`select`): all rounded
+    down first (never below ``m``), then the rounding up that brings the removed MLP parameters
+    nearest ``target`` is taken, one layer at a time, while it brings them nearer."""
+    def removal(i, kept):
+        k = widths[i] - kept
+        return k * ppn[i] - (bias_cost[i] if k else 0)
+
+    down, up = {}, {}
+    for i in free:
+        kept = widths[i] - len(removed_n[i])
+        if kept >= widths[i] or widths[i] <= m:
+            down[i] = up[i] = widths[i]
+            continue
+        down[i] = max(m, (kept // m) * m)
+        up[i] = min(widths[i], -(-kept // m) * m)
+    choice = dict(down)
+    net = sum(removal(i, choice[i]) for i in free)
+    while True:
+        best, best_err = None, abs(net - target)
+        for i in free:
+            if choice[i] == up[i]:
+                continue
+            err = abs(net - removal(i, choice[i]) + removal(i, up[i]) - target)
+            if err < best_err - 1e-9:
+                best, best_err = i, err
+        if best is None:
+            break
+        net += removal(best, up[best]) - removal(best, choice[best])
+        choice[best] = up[best]
+    out = dict(removed_n)
+    for i in free:
+        s = np.asarray(importance.neurons[i], dtype=np.float64)
+        out[i] = np.argsort(s, kind="stable")[: widths[i] - choice[i]]
+    return out
