@@ -53,7 +53,11 @@ def _parse_protect(protect, n_layers: int) -> list[int]:
 
 
 def _check_ratio(ratio) -> None:
-    if ratio is None or not (0.0 < float(ratio) < 1.0):
+    try:
+        r = float(ratio)
+    except (TypeError, ValueError):
+        raise FuncnetError(f"ratio must be a number in (0, 1), got {ratio!r}") from None
+    if isinstance(ratio, bool) or not (0.0 < r < 1.0):
         raise FuncnetError(f"ratio must be in (0, 1), got {ratio}")
 
 
