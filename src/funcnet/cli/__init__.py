@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                        "recurrence) + HTML report"),
     "eval": ("funcnet.cli.evaluate", "perplexity and next-token accuracy per domain (and lm-eval tasks)"),
     "prune": ("funcnet.cli.prune", "prune MLP neurons (and heads) to an exact size and save a smaller model"),
+    "export": ("funcnet.cli.export", "write a pruned model as GGUF (llama.cpp), a native folder or a DeciLM folder"),
     "fingerprint": ("funcnet.cli.fingerprint", "functional-network fingerprints: is a suspect model derived "
                                                "from a victim?"),
     "report": ("funcnet.cli.report", "write the HTML report of a results folder"),

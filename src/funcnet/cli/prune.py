@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from funcnet.cli._common import add_model_argument, check_out, check_positive, load
-from funcnet.core.pruned import save_pruned
+from funcnet.core.pruned import SAVE_FORMATS, native_reason, save_pruned
 from funcnet.errors import FuncnetError
 from funcnet.prune import (ALLOCATIONS, COMPENSATIONS, DEFAULT_COMPENSATION, DEFAULT_MAX_COVARIANCE_BYTES,
                            DEFAULT_RIDGE, DENOMINATORS, METHODS, prune)
@@ -36,12 +36,21 @@ def summary_lines(report: dict) -> list[str]:
     return [f"{k:<{w}}  {v}" for k, v in rows]
 
 
+def _format_line(fmt: str, why: str | None) -> str:
+    """Which folder format ``save_pruned(format=fmt)`` wrote and why."""
+    if fmt == "funcnet":
+        return ("funcnet format, as asked; " + ("--format auto would write a native folder" if why is None else
+                                                 f"a native folder is not possible: {why}"))
+    return ("native folder: every layer has the same shapes, loads with plain from_pretrained" if why is None
+            else f"funcnet format: {why}")
+
+
 def _cmd_prune(args) -> int:
 
     # every argument and --out are checked before the model loads and before any pruning work
     if not (0.0 < args.ratio < 1.0) and args.method != "fn-threshold":
         raise FuncnetError(f"--ratio must be in (0, 1), got {args.ratio}")
-    check_positive(args, "batch_size", "calib_tokens", "groups", "group_size", "n_components")
+    check_positive(args, "batch_size", "calib_tokens", "groups", "group_size", "n_components", "multiple_of")
     if args.ridge < 0 or args.max_covariance_gb <= 0:
         raise FuncnetError(f"--ridge must be >= 0 and --max-covariance-gb > 0, got {args.ridge} and "
                            f"{args.max_covariance_gb}")
@@ -59,12 +68,13 @@ def _cmd_prune(args) -> int:
         batch_size=args.batch_size, heads=args.heads, bias_compensation=not args.no_bias_compensation,
         compensation="none" if args.no_bias_compensation else args.compensation, ridge=args.ridge,
         max_covariance_bytes=int(args.max_covariance_gb * 2**30),
-        allocation=args.allocation, protect=args.protect, seed=args.seed, networks=args.networks, **kw,
+        allocation=args.allocation, protect=args.protect, seed=args.seed, networks=args.networks,
+        multiple_of=args.multiple_of, **kw,
     )
-    save_pruned(res.lm, lm.tokenizer, out, res.report, overwrite=args.overwrite)
+    save_pruned(res.lm, lm.tokenizer, out, res.report, overwrite=args.overwrite, format=args.format)
     for line in summary_lines(res.report):
         print(line)
-    print(f"saved to {args.out}")
+    print(f"saved to {args.out} ({_format_line(args.format, native_reason(res.lm))})")
     return 0
 
 
@@ -95,6 +105,13 @@ def register_cli(sub) -> None:
     p.add_argument("--group-size", type=int, default=16, help="fn without --networks: texts per group")
     p.add_argument("-k", "--n-components", type=int, default=64, help="fn without --networks: maps per layer")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--multiple-of", type=int, default=32,
+                   help="round every pruned layer's MLP width to a multiple of this (default 32, what llama.cpp's "
+                        "quantized blocks need; 1 = exact widths)")
+    p.add_argument("--format", choices=SAVE_FORMATS, default="funcnet",
+                   help="funcnet (default): per-layer shapes, loads with funcnet; auto: a native folder of the base "
+                        "architecture when every layer has the same shapes (plain from_pretrained), else funcnet; "
+                        "native: that or an error")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default=None)
