@@ -29,7 +29,7 @@ from funcnet.errors import FuncnetError
 from funcnet.core.loaded import input_device, unwrap_model
 from funcnet.data.corpus import load_corpus
 
-__all__ = ["EvalResult", "perplexity", "evaluate_domains", "lm_eval_tasks", "register_cli"]
+__all__ = ["EvalResult", "perplexity", "evaluate_domains", "lm_eval_tasks"]
 
 
 @dataclass

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from funcnet.core.adapters import ArchAdapter, get_adapter
+from funcnet.core.adapters import ArchAdapter
 from funcnet.core.loaded import wrap_model
 from funcnet.errors import FuncnetError
 

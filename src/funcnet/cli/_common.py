@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-
 from pathlib import Path
 
-from funcnet.core._io import check_output
-from funcnet.core.models import DEFAULT_MODEL, load_model
+from funcnet._defaults import DEFAULT_MODEL
+from funcnet.cli._lazy import lazy_module
 from funcnet.errors import FuncnetError
+
+core = lazy_module("funcnet.core")
+
+
+def load_model(spec, **kw):
+    """:func:`funcnet.core.models.load_model` (imported when a command first loads a model)."""
+    return core.models.load_model(spec, **kw)
 
 MODEL_HELP = "model spec: HF id, folder, .gguf or alias"
 
@@ -67,4 +73,4 @@ def check_positive(args, *names: str, allow_zero: tuple[str, ...] = ()) -> None:
 def check_out(args, *, is_dir: bool = True, what: str = "output folder") -> Path:
     """``--out``, checked before the model loads: not a protected folder, not an existing path without
     --overwrite, with --overwrite only funcnet's own output, and a place that can be written."""
-    return check_output(args.out, overwrite=getattr(args, "overwrite", False), is_dir=is_dir, what=what)
+    return core._io.check_output(args.out, overwrite=getattr(args, "overwrite", False), is_dir=is_dir, what=what)

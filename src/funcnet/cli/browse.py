@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from funcnet.cli._common import add_model_argument
-from funcnet.core.models import load_model
-from funcnet.data.corpus import load_corpus
+from funcnet.cli._common import add_model_argument, load
 from funcnet.errors import FuncnetError
-from funcnet.networks import FunctionalNetworks, ensure_store
-from funcnet.report.browse import build_site, page_sizes, serve
+from funcnet.cli._lazy import lazy_module
+
+data = lazy_module("funcnet.data")
+networks = lazy_module("funcnet.networks")
+report = lazy_module("funcnet.report")
 
 
 def _ids(text: str | None) -> list[int] | None:
@@ -47,22 +48,22 @@ def _counterpart(args):
 
 
 def _cmd_browse(args) -> int:
-    lm = load_model(args.model)
-    nets = FunctionalNetworks.load(args.networks, model=lm)
+    lm = load(args)
+    nets = networks.FunctionalNetworks.load(args.networks, model=lm)
     layers = sorted({int(l) for d in nets.decompositions for l in np.unique(d.columns[:, 0])})
-    corpus = load_corpus(args.corpus, split=args.split) if args.corpus else None
-    store = ensure_store(lm, corpus if corpus is not None else "builtin", store=args.store, signals=nets.signals,
+    corpus = data.load_corpus(args.corpus, split=args.split) if args.corpus else None
+    store = networks.ensure_store(lm, corpus if corpus is not None else "builtin", store=args.store, signals=nets.signals,
                          layers=layers, split=args.split, max_tokens=args.max_tokens, max_length=args.max_length)
-    out = build_site(nets, lm, store, args.out, lesion=args.lesion, counterpart=_counterpart(args), corpus=corpus,
+    out = report.browse.build_site(nets, lm, store, args.out, lesion=args.lesion, counterpart=_counterpart(args), corpus=corpus,
                      top_contexts=args.top_contexts, per_quantile=args.per_quantile, top_k=args.top_k,
                      select=_ids(args.networks_ids), min_stability=args.min_stability, threshold=args.threshold,
                      positive_only=args.positive_only, seed=args.seed, overwrite=args.overwrite)
-    sizes = page_sizes(out)
+    sizes = report.browse.page_sizes(out)
     n_pages = sum(1 for k in sizes if k.startswith("n/"))
     print(f"browser of {n_pages} networks -> {out / 'index.html'} (largest file {max(sizes.values()) / 1024:.0f} KiB)")
     if args.serve is not None:
         print(f"serving {out} on http://127.0.0.1:{args.serve}/ (Ctrl-C stops)")
-        serve(out, args.serve)
+        report.browse.serve(out, args.serve)
     return 0
 
 

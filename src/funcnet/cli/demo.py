@@ -7,8 +7,10 @@ import time
 from pathlib import Path
 
 from funcnet.cli._common import StagePrinter, add_model_argument, model_or_spec
-from funcnet.explore import explore
-from funcnet.report.html import write_report
+from funcnet.cli._lazy import lazy_module
+
+pipeline = lazy_module("funcnet.explore")
+report = lazy_module("funcnet.report")
 
 
 def _cmd_demo(args) -> int:
@@ -16,10 +18,10 @@ def _cmd_demo(args) -> int:
     print(f"funcnet demo: {args.size} size on {args.model}; the report will be {Path(args.out) / 'report.html'}",
           file=sys.stderr, flush=True)
     stages = StagePrinter()
-    out = explore(model_or_spec(args), args.out, size=args.size, seed=args.seed, on_stage=stages, extra_stages=1)
+    out = pipeline.explore(model_or_spec(args), args.out, size=args.size, seed=args.seed, on_stage=stages, extra_stages=1)
     stages.next("HTML report")
-    report = write_report(out)
-    print(f"demo finished in {time.time() - t0:.0f} s: results in {out}, report {report}")
+    page = report.write_report(out)
+    print(f"demo finished in {time.time() - t0:.0f} s: results in {out}, report {page}")
     return 0
 
 

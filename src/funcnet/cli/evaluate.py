@@ -6,13 +6,15 @@ import json
 from typing import Any, Mapping
 
 from funcnet.cli._common import add_model_argument, check_positive, load
-from funcnet.core._io import check_output, write_json
-from funcnet.core.models import DEFAULT_MODEL
+from funcnet._defaults import DEFAULT_MODEL
 from funcnet.errors import FuncnetError
-from funcnet.evaluate import EvalResult, _corpus_domains, evaluate_domains, lm_eval_tasks
+from funcnet.cli._lazy import lazy_module
+
+core = lazy_module("funcnet.core")
+ev = lazy_module("funcnet.evaluate")
 
 
-def _format_table(results: Mapping[str, EvalResult]) -> str:
+def _format_table(results: Mapping[str, ev.EvalResult]) -> str:
     rows = [("domain", "ppl", "acc", "tokens", "windows", "tok/s")]
     for name, r in results.items():
         rows.append((name, f"{r.ppl:.3f}", f"{r.accuracy:.4f}", str(r.n_tokens), str(r.n_windows),
@@ -29,22 +31,22 @@ def _cmd_eval(args) -> int:
     out: dict[str, Any] = {"model": args.model, "identity": lm.identity, "corpus": args.corpus,
                            "window": args.window, "stride": args.stride, "max_windows": args.max_windows}
     if args.corpus != "none":
-        domains = _corpus_domains(args.corpus, args.domain)
+        domains = ev._corpus_domains(args.corpus, args.domain)
         window = args.window if args.window != "context" else "context"
-        results = evaluate_domains(lm, None, domains, window=window, max_windows=args.max_windows,
+        results = ev.evaluate_domains(lm, None, domains, window=window, max_windows=args.max_windows,
                                    batch_size=args.batch_size, stride=args.stride,
                                    progress=not args.quiet)
         print(_format_table(results))
         out["domains"] = {k: v.to_dict() for k, v in results.items()}
     if args.tasks:
-        res = lm_eval_tasks(lm, None, args.tasks, limit=args.limit, batch_size=args.batch_size,
+        res = ev.lm_eval_tasks(lm, None, args.tasks, limit=args.limit, batch_size=args.batch_size,
                             include_path=args.include_path)
         out["lm_eval"] = res.get("results", {})
         for task, metrics in out["lm_eval"].items():
             shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
             print(f"{task}: {shown}")
     if args.json:
-        write_json(args.json, json.loads(json.dumps(out, default=str)))
+        core._io.write_json(args.json, json.loads(json.dumps(out, default=str)))
     return 0
 
 
@@ -90,7 +92,7 @@ def _handle_eval(args) -> int:
     if args.limit is not None and args.limit <= 0:
         raise FuncnetError(f"--limit must be positive, got {args.limit}")
     if args.json:
-        check_output(args.json, overwrite=True, is_dir=False, what="--json file")
+        core._io.check_output(args.json, overwrite=True, is_dir=False, what="--json file")
     if args.model is None:
 
         args.model = DEFAULT_MODEL

@@ -4,12 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from funcnet.cli._common import StagePrinter, add_model_argument, load, model_or_spec
-from funcnet.experiments import (DOMAINS, amplification_experiment, eval_domains, lesion_experiment,
-                                 preservation_experiment, recurrence_experiment)
-from funcnet.experiments.schema import AmplificationResult, LesionResult, write_result
-from funcnet.explore import SIZES, explore
-from funcnet.networks import FunctionalNetworks, ensure_store
-from funcnet.report import make_figures, write_report
+from funcnet._defaults import DOMAINS, EXPLORE_SIZES
+from funcnet.cli._lazy import lazy_module
+
+experiments = lazy_module("funcnet.experiments")
+pipeline = lazy_module("funcnet.explore")
+networks = lazy_module("funcnet.networks")
+report = lazy_module("funcnet.report")
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -28,8 +29,8 @@ def _common(p, nets_required=True):
 def _load(args, nets=True):
 
     lm = load(args)
-    texts = eval_domains([d for d in args.domains.split(",") if d], args.corpus)
-    n = FunctionalNetworks.load(args.networks, model=lm) if nets else None
+    texts = experiments.eval_domains([d for d in args.domains.split(",") if d], args.corpus)
+    n = networks.FunctionalNetworks.load(args.networks, model=lm) if nets else None
     Path(args.out).mkdir(parents=True, exist_ok=True)
     return lm, texts, n
 
@@ -41,7 +42,7 @@ def _ppl_str(v: float, width: int = 0) -> str:
     return f"{v:>{width}.2f}" if abs(v) < 1e5 else f"{v:>{width}.3g}"
 
 
-def _print_lesion(res: LesionResult):
+def _print_lesion(res: experiments.schema.LesionResult):
     d0 = res.domains[0]
     print(f"baseline ppl ({d0}) {_ppl_str(res.baseline[d0]['ppl'])}")
     print(f"{'condition':>10} {'neurons':>8} {'%':>6} {'lesioned ppl':>13} {'random ppl (mean±sd)':>22}")
@@ -57,10 +58,10 @@ def _print_lesion(res: LesionResult):
 def _cmd_lesion(args):
 
     lm, texts, nets = _load(args)
-    res = lesion_experiment(lm, nets, texts, top=args.top, n_random=args.n_random, seed=args.seed,
+    res = experiments.lesion_experiment(lm, nets, texts, top=args.top, n_random=args.n_random, seed=args.seed,
                             threshold=args.threshold, max_windows=args.max_windows)
-    write_result(args.out, res)
-    make_figures(args.out)
+    experiments.schema.write_result(args.out, res)
+    report.make_figures(args.out)
     _print_lesion(res)
     return 0
 
@@ -68,12 +69,12 @@ def _cmd_lesion(args):
 def _cmd_preserve(args):
 
     lm, texts, _ = _load(args, nets=False)
-    store = ensure_store(lm, args.corpus, store=args.store, signals=["neurons"], max_tokens=args.max_tokens)
-    res = preservation_experiment(lm, store, texts, ks=[int(k) for k in args.ks.split(",")], n_init=args.n_init,
+    store = networks.ensure_store(lm, args.corpus, store=args.store, signals=["neurons"], max_tokens=args.max_tokens)
+    res = experiments.preservation_experiment(lm, store, texts, ks=[int(k) for k in args.ks.split(",")], n_init=args.n_init,
                                   n_random=args.n_random, seed=args.seed, threshold=args.threshold,
                                   max_windows=args.max_windows)
-    write_result(args.out, res)
-    make_figures(args.out)
+    experiments.schema.write_result(args.out, res)
+    report.make_figures(args.out)
     d0 = res.domains[0]
     print(f"dense ppl ({d0}) {_ppl_str(res.baseline[d0]['ppl'])}")
     print(f"{'k':>5} {'kept %':>7} {'ppl kept':>9} {'ppl random':>11}")
@@ -90,16 +91,16 @@ def _cmd_amplify(args):
 
     lm, texts, nets = _load(args)
     nets_ids = [int(x) for x in args.ids.split(",")] if args.ids else None
-    res = amplification_experiment(lm, nets, texts, networks=nets_ids, top=args.top,
+    res = experiments.amplification_experiment(lm, nets, texts, networks=nets_ids, top=args.top,
                                    factors=[float(x) for x in args.factors.split(",")], how=args.how,
                                    threshold=args.threshold, max_windows=args.max_windows)
-    write_result(args.out, res)
-    make_figures(args.out)
+    experiments.schema.write_result(args.out, res)
+    report.make_figures(args.out)
     _print_amplify_best(res)
     return 0
 
 
-def _print_amplify_best(res: AmplificationResult):
+def _print_amplify_best(res: experiments.schema.AmplificationResult):
     """Per domain, the best setting, or "none better than dense" when no setting beats the unmodified
     model (also when the identity factor is not on the grid and every setting is worse)."""
     for d, b in res.best.items():
@@ -116,12 +117,12 @@ def _cmd_recurrence(args):
 
     lm = load(args)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    res = recurrence_experiment(lm, domains=[d for d in args.domains.split(",") if d], corpus=args.corpus,
+    res = experiments.recurrence_experiment(lm, domains=[d for d in args.domains.split(",") if d], corpus=args.corpus,
                                 n_template=args.n_template, n_individual=args.n_individual, k_template=args.k,
                                 k_individual=args.k, threshold=args.threshold, seed=args.seed,
                                 workdir=Path(args.out) / "recurrence-stores")
-    write_result(args.out, res)
-    make_figures(args.out)
+    experiments.schema.write_result(args.out, res)
+    report.make_figures(args.out)
     doms = res.domains
     print(f"{'template':>12} " + " ".join(f"{d:>8}" for d in doms) + "   (individual networks with IoU > "
           f"{res.iou_threshold})")
@@ -132,11 +133,11 @@ def _cmd_recurrence(args):
 
 def _cmd_explore(args):
     stages = StagePrinter()
-    out = explore(model_or_spec(args), args.out, size=args.size, corpus=args.corpus, seed=args.seed,
+    out = pipeline.explore(model_or_spec(args), args.out, size=args.size, corpus=args.corpus, seed=args.seed,
                   threshold=args.threshold, on_stage=stages, extra_stages=1)
     stages.next("HTML report")
 
-    print(f"results in {out}; report: {write_report(out)}")
+    print(f"results in {out}; report: {report.write_report(out)}")
     return 0
 
 
@@ -180,7 +181,7 @@ def register_cli(sub) -> None:
                                        "recurrence) + HTML report")
     add_model_argument(p)
     p.add_argument("--corpus", default="builtin")
-    p.add_argument("--size", default="demo", choices=list(SIZES))
+    p.add_argument("--size", default="demo", choices=list(EXPLORE_SIZES))
     p.add_argument("--threshold", type=float, default=3.6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="funcnet-results")

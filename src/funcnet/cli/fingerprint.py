@@ -4,13 +4,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from funcnet.cli._common import add_model_argument, model_or_spec
-from funcnet.fingerprint import ALPHA, SIGNAL_CHOICES, compare, plot_matched, profile, read_probes
+from funcnet._defaults import FINGERPRINT_ALPHA as ALPHA, FINGERPRINT_SIGNALS as SIGNAL_CHOICES
+from funcnet.cli._lazy import lazy_module
+
+fp = lazy_module("funcnet.fingerprint")
 
 
 # =============================================================================== CLI
 def _cmd_profile(args) -> int:
-    probes = read_probes(args.probes) if args.probes else None
-    prof = profile(model_or_spec(args), probes, signals=args.signals, n_components=args.n_components,
+    probes = fp.read_probes(args.probes) if args.probes else None
+    prof = fp.profile(model_or_spec(args), probes, signals=args.signals, n_components=args.n_components,
                    n_seeds=args.n_seeds, threshold=args.threshold, max_length=args.max_length, seed=args.seed)
     prof.save(args.out)
     size = Path(args.out).stat().st_size
@@ -21,11 +24,11 @@ def _cmd_profile(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    res = compare(args.profile, model_or_spec(args), n_null=args.n_null, alpha=args.alpha)
+    res = fp.compare(args.profile, model_or_spec(args), n_null=args.n_null, alpha=args.alpha)
     if args.json:
         res.to_json(args.json)
     if args.plot:
-        plot_matched(res, args.plot)
+        fp.plot_matched(res, args.plot)
     print(res.summary(n_pairs=args.top_pairs))
     print(f"\n({res.timing['total_s']:.1f} s)")
     return 0

@@ -4,17 +4,19 @@ from __future__ import annotations
 import json
 
 from funcnet.cli._common import add_model_argument, load
-from funcnet.core.models import DEFAULT_MODEL
-from funcnet.data.store import ActivationStore, looks_like_store
+from funcnet._defaults import DEFAULT_MODEL
 from funcnet.errors import FuncnetError
+from funcnet.cli._lazy import lazy_module
+
+data = lazy_module("funcnet.data")
 
 
 def _cmd_info(args) -> int:
     if args.target is not None and args.model is not None and args.target != args.model:
         raise FuncnetError(f"two models named: '{args.target}' and --model '{args.model}'; name one")
     target = args.model or args.target or DEFAULT_MODEL
-    if looks_like_store(target):  # a damaged store (no manifest) is reported as one, not as "no model"
-        print(json.dumps(ActivationStore.open(target).summary(), indent=2))
+    if data.store.looks_like_store(target):  # a damaged store (no manifest) is reported as one, not as "no model"
+        print(json.dumps(data.store.ActivationStore.open(target).summary(), indent=2))
         return 0
 
     lm = load(args, target)

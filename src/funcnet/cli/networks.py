@@ -4,22 +4,25 @@ from __future__ import annotations
 import time
 
 from funcnet.cli._common import add_model_argument, check_out, check_positive, load
-from funcnet.data.record import parse_layers, parse_signals
-from funcnet.networks import MODES, decompose, ensure_store
+from funcnet._defaults import NETWORK_MODES as MODES
+from funcnet.cli._lazy import lazy_module
+
+data = lazy_module("funcnet.data")
+networks = lazy_module("funcnet.networks")
 
 
 def _cmd_networks(args) -> int:
     # arguments and --out before the model loads
     check_positive(args, "max_tokens", "max_length", "n_components", "window", "groups", "group_size", "n_init", "top")
-    sig = parse_signals(args.signals)
+    sig = data.parse_signals(args.signals)
     out = check_out(args, is_dir=False, what="output file")
     lm = load(args)
-    layers = None if str(args.layers).strip().lower() in ("all", "") else parse_layers(args.layers, lm.n_layers)
+    layers = None if str(args.layers).strip().lower() in ("all", "") else data.parse_layers(args.layers, lm.n_layers)
     t0 = time.time()
-    store = ensure_store(lm, args.corpus, store=args.store, signals=sig, layers=args.layers, split=args.split,
+    store = networks.ensure_store(lm, args.corpus, store=args.store, signals=sig, layers=args.layers, split=args.split,
                          max_tokens=args.max_tokens, max_length=args.max_length)
     t1 = time.time()
-    nets = decompose(store, mode=args.mode, n_components=args.n_components, layers=layers, signals=sig,
+    nets = networks.decompose(store, mode=args.mode, n_components=args.n_components, layers=layers, signals=sig,
                      window=args.window,
                      n_groups=args.groups, group_size=args.group_size, method=args.method, n_init=args.n_init,
                      random_state=args.seed, device=args.device, checkpoint=args.checkpoint, tol=args.tol,

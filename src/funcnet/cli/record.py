@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from funcnet.cli._common import add_model_argument, model_or_spec
-from funcnet.data.record import record
+from funcnet.cli._lazy import lazy_module
+
+data = lazy_module("funcnet.data")
 
 
 # ---------------------------------------------------------------------------- CLI
 def _cmd_record(args) -> int:
-    store = record(
+    store = data.record(
         model_or_spec(args), args.corpus, out=args.out, signals=args.signals, layers=args.layers, split=args.split,
         max_tokens=args.max_tokens, max_length=args.max_length, mode=args.mode, batch_size=args.batch_size,
         dtype=args.dtype, resume=args.resume, overwrite=args.overwrite,

@@ -1,12 +1,14 @@
 """`funcnet report`."""
 from __future__ import annotations
+from funcnet.cli._lazy import lazy_module
 
-from funcnet.report import write_report
+report = lazy_module("funcnet.report")
+
 
 
 # ---------------------------------------------------------------------------- CLI
 def _cmd_report(args) -> int:
-    path = write_report(args.results_dir, args.out)
+    path = report.write_report(args.results_dir, args.out)
     print(f"report: {path}")
     return 0
 

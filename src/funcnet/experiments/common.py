@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from funcnet._defaults import DOMAINS as _DOMAINS
 from funcnet.data.corpus import load_corpus
 from funcnet.errors import FuncnetError
 from funcnet.evaluate import perplexity
@@ -17,7 +18,7 @@ from funcnet.experiments.schema import DomainMetrics, DomainSummary
 from funcnet.intervene import random_like
 from funcnet.networks.functional import FunctionalNetworks
 
-DOMAINS = ("prose", "code", "math")
+DOMAINS = _DOMAINS
 
 
 def eval_domains(domains: Sequence[str] = DOMAINS, corpus: str = "builtin", max_docs: int | None = 40) -> dict[str, list[str]]:

@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from funcnet._defaults import FINGERPRINT_ALPHA
 from funcnet._version import __version__
 from funcnet.core._io import atomic_path, json_default
 from funcnet.errors import FuncnetError
@@ -43,7 +44,7 @@ from funcnet.fingerprint.statistics import DEFAULT_STATISTIC, get_statistic
 #: robustness suite (benchmarks/fingerprint_suite.py, docs/fingerprint.md).
 T_HIGH = 0.50
 T_LOW = 0.45
-ALPHA = 0.01
+ALPHA = FINGERPRINT_ALPHA
 
 #: Reference distribution of the score for *independent* model pairs: the distinct negative pairs
 #: of the robustness suite (benchmarks/fingerprint_suite.py; default probes, residual stream,

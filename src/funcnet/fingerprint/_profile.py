@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from funcnet._defaults import FINGERPRINT_SIGNALS
 from funcnet._version import __version__
 from funcnet.core._io import atomic_path
 from funcnet.core.models import as_loaded
@@ -123,7 +124,7 @@ DEFAULT_PROBES: tuple[str, ...] = (
 )
 
 UNIT_PATTERNS = {"words": r"\w+|[^\w\s]+", "chars": r"\S"}
-SIGNAL_CHOICES = ("residual", "neurons", "both")
+SIGNAL_CHOICES = FINGERPRINT_SIGNALS
 
 
 # =============================================================================== text units

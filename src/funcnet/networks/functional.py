@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from funcnet._defaults import NETWORK_MODES
 from funcnet.core._io import atomic_path
 from funcnet.data.store import SubjectStream
 from funcnet.core.progress import progress_enabled
@@ -362,7 +363,7 @@ def iou_matrix(sets_a: Sequence[np.ndarray], sets_b: Sequence[np.ndarray]) -> np
 
 
 # ---------------------------------------------------------------------------- decomposition
-MODES = ("per-layer", "whole", "window")
+MODES = NETWORK_MODES
 
 
 def _units(layers: list[int], mode: str, window: int) -> list[tuple[str, list[int]]]:

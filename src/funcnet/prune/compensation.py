@@ -8,6 +8,8 @@ import logging
 import numpy as np
 import torch
 
+from funcnet._defaults import (COMPENSATIONS, DEFAULT_COMPENSATION, DEFAULT_MAX_COVARIANCE_BYTES,  # noqa: F401
+                               DEFAULT_RIDGE)
 from funcnet.core import shrink
 from funcnet.core.models import as_loaded
 from funcnet.core.shrink import update_config
@@ -20,27 +22,12 @@ from funcnet.prune.selection import Selection
 log = logging.getLogger(__name__)
 
 
+#: compensations (defined in funcnet._defaults with their defaults, for the command line):
 #: ``none``: drop removed neurons; ``bias`` (FLAP): replace each removed neuron's input by its
 #: calibration mean, folded into the down projection's bias; ``ls``: replace the removed inputs by
 #: their least-squares reconstruction from all kept neurons of the layer (x_R ~ A x_K + c, ridge),
 #: folded into the kept down-projection columns and the bias; ``ls-fn``: the same, but each removed
 #: neuron is reconstructed only from kept neurons that share a functional network with it.
-COMPENSATIONS = ("none", "bias", "ls", "ls-fn")
-
-
-#: what :func:`prune` and the CLI use: least-squares compensation had the lowest perplexity with every
-#: ranking method on held-out calibration text (docs/pruning.md)
-DEFAULT_COMPENSATION = "ls"
-
-
-#: memory bound of the covariance statistics :func:`prune` computes itself (float64 width^2 per
-#: layer); above it, layers are calibrated and shrunk in chunks, last layers first
-DEFAULT_MAX_COVARIANCE_BYTES = 2 * 2**30
-
-
-#: ridge of least-squares compensation, relative to each regressor's variance
-DEFAULT_RIDGE = 0.3
-
 
 #: ``ls-fn``: at most this many regressors per removed neuron (its strongest network co-members)
 DEFAULT_LS_FN_REGRESSORS = 128

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from funcnet._defaults import ALLOCATIONS, DENOMINATORS  # noqa: F401  (defined there for the CLI)
 from funcnet.core.adapters import out_features
 from funcnet.core.models import LoadedModel, as_loaded, count_parameters
 from funcnet.core.shrink import bias_missing as _bias_missing
@@ -14,10 +15,6 @@ from funcnet.errors import FuncnetError
 from funcnet.prune._linalg import _standardize
 from funcnet.prune.scores import Importance, _head_config
 
-DENOMINATORS = ("mlp", "attn+mlp", "all")
-
-
-ALLOCATIONS = ("global", "uniform")
 
 
 DEFAULT_PROTECT = (3, 2)
