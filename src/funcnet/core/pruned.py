@@ -250,9 +250,9 @@ def native_config(lm) -> tuple[PretrainedConfig | None, str | None]:
     widths = list(cfg.intermediate_sizes)
     nq, nkv = list(cfg.num_attention_heads_per_layer), list(cfg.num_key_value_heads_per_layer)
     if len(set(widths)) != 1:
-        return None, f"MLP widths differ between layers ({min(widths)}..{max(widths)}); saved in funcnet's format"
+        return None, f"MLP widths differ between layers ({min(widths)}..{max(widths)})"
     if len(set(nq)) != 1 or len(set(nkv)) != 1:
-        return None, "head counts differ between layers; saved in funcnet's format"
+        return None, "head counts differ between layers"
     d = cfg.to_dict()
     for k in _FUNCNET_CONFIG_KEYS:
         d.pop(k, None)
@@ -261,7 +261,7 @@ def native_config(lm) -> tuple[PretrainedConfig | None, str | None]:
     base_hc = lm.adapter.head_config(cfg)
     if (nq[0], nkv[0]) != (base_hc.n_heads, base_hc.n_kv_heads):
         if "head_dim" not in d:
-            return None, f"the {mt} config cannot express pruned heads (no head_dim); saved in funcnet's format"
+            return None, f"the {mt} config cannot express pruned heads (no head_dim)"
         d.update(num_attention_heads=nq[0], num_key_value_heads=nkv[0], head_dim=base_hc.head_dim)
     layers = lm.layers
     for path, keys, what in ((lm.adapter.down, _MLP_BIAS_KEYS, "down-projection"),
@@ -270,8 +270,7 @@ def native_config(lm) -> tuple[PretrainedConfig | None, str | None]:
         if any(has):
             key = keys.get(mt)
             if key is None and not _base_has_bias(mt, d, path, layers[0]):
-                return None, (f"compensation added a {what} bias and the {mt} config has no option for it; "
-                              "saved in funcnet's format")
+                return None, f"compensation added a {what} bias and the {mt} config has no option for it"
             if key is not None:
                 d[key] = True
     try:
@@ -313,7 +312,7 @@ def _native_state(lm, new_cfg) -> tuple[dict | None, str | None]:
             sd[k] = torch.zeros(shape, dtype=w.dtype, device=w.device)
     bad = sorted(k for k in set(want) | set(sd) if k not in want or k not in sd or tuple(sd[k].shape) != want[k])
     if bad:
-        return None, f"the base architecture does not fit the pruned weights ({bad[0]}); saved in funcnet's format"
+        return None, f"the base architecture does not fit the pruned weights ({bad[0]})"
     return sd, None
 
 
