@@ -202,7 +202,7 @@ def test_native_folder_loads_without_funcnet_classes_and_matches(tmp_path):
     code = (f"import sys, torch; from transformers import AutoModelForCausalLM; "
             f"m = AutoModelForCausalLM.from_pretrained({str(out)!r}); "
             f"assert 'funcnet' not in sys.modules; print(m.config.intermediate_size)")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 0 and res.stdout.strip().endswith("40"), res.stderr[-500:]
 
 
@@ -246,6 +246,21 @@ def test_cli_export_writes_gguf_native_and_decilm(tmp_path, capsys):
     assert main(["export", str(src), "--gguf", str(tmp_path / "o.gguf")]) == 2  # exists: refused
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert main(["export", str(src)]) == 2
+
+
+def test_cli_choices_match_the_library_and_parse_without_torch():
+    import subprocess
+    import sys
+
+    from funcnet.cli import export as cli_export
+    from funcnet.export import OUTTYPES, QUANT_TYPES
+    assert tuple(cli_export.OUTTYPES) == tuple(OUTTYPES) and sorted(cli_export.QUANT_CHOICES) == sorted(QUANT_TYPES)
+    code = ("import sys; from funcnet.cli import main\n"
+            "try:\n    main(['export', 'x', '--gguf', 'o.gguf', '--quant', 'q9'])\nexcept SystemExit as e:\n"
+            "    assert e.code == 2\nassert 'torch' not in sys.modules, 'torch imported to parse arguments'")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stderr[-500:]
+    assert "invalid choice" in res.stderr
 
 
 # ------------------------------------------------------------------------------ with llama.cpp
