@@ -101,3 +101,30 @@ def test_names_moved_out_of_a_module_name_their_new_home():
     with pytest.raises(ImportError, match="moved to funcnet.prune.pruning_importance"):
         from funcnet.networks import pruning_importance  # noqa: F401
     from funcnet.prune import networks_for_pruning, pruning_importance, pruning_keep_masks  # noqa: F401
+
+
+def test_every_command_parses_its_arguments_without_the_library():
+    """Argument errors answer at once: building any command's parser imports neither torch nor
+    transformers (the library is loaded when the command runs; benchmarks/cli_startup.py times it)."""
+    code = ("import sys\nfrom funcnet.cli import COMMANDS, build_parser\n"
+            "for name in COMMANDS:\n    build_parser([name])\n"
+            "print(sorted({'torch', 'transformers'} & set(sys.modules)))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout
+
+
+def test_command_line_choices_are_the_library_s():
+    """The names the parser offers (funcnet._defaults) are the ones the library defines."""
+    import funcnet._defaults as D
+    from funcnet import fingerprint, prune
+    from funcnet.core import pruned
+    from funcnet.experiments import DOMAINS
+    from funcnet.explore import SIZES
+    from funcnet.networks import MODES
+
+    assert set(D.BUILTIN_PRUNING_METHODS) <= set(prune.METHODS)  # tests may register more
+    assert D.COMPENSATIONS == prune.COMPENSATIONS and D.DENOMINATORS == prune.DENOMINATORS
+    assert D.ALLOCATIONS == prune.ALLOCATIONS and D.SAVE_FORMATS == pruned.SAVE_FORMATS
+    assert D.NETWORK_MODES == MODES and D.DOMAINS == DOMAINS and tuple(SIZES) == D.EXPLORE_SIZES
+    assert D.FINGERPRINT_SIGNALS == fingerprint.SIGNAL_CHOICES and D.FINGERPRINT_ALPHA == fingerprint.ALPHA

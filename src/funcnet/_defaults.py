@@ -23,6 +23,11 @@ DEFAULT_COMPENSATION = "ls"
 DEFAULT_MAX_COVARIANCE_BYTES = 2 * 2**30
 #: ridge of least-squares compensation, relative to each regressor's variance
 DEFAULT_RIDGE = 0.3
+#: formats of a saved pruned folder (``funcnet.core.pruned.save_pruned(format=)``)
+SAVE_FORMATS = ("funcnet", "native", "auto")
+#: ``funcnet prune --multiple-of``: MLP widths rounded to multiples of this (llama.cpp quantizes
+#: rows of 32; the Python API's default is 1, exact widths)
+CLI_MULTIPLE_OF = 32
 #: the pruning methods funcnet ships (``funcnet.prune.register_method`` adds more in Python)
 BUILTIN_PRUNING_METHODS = ("random", "magnitude", "wanda-sp", "flap", "fn", "fn-threshold")
 

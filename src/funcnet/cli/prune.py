@@ -3,11 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from funcnet._defaults import (ALLOCATIONS, BUILTIN_PRUNING_METHODS, CLI_MULTIPLE_OF, COMPENSATIONS,
+                               DEFAULT_COMPENSATION, DEFAULT_MAX_COVARIANCE_BYTES, DEFAULT_RIDGE, DENOMINATORS,
+                               SAVE_FORMATS)
 from funcnet.cli._common import add_model_argument, check_out, check_positive, load
-from funcnet.core.pruned import SAVE_FORMATS, native_reason, save_pruned
+from funcnet.cli._lazy import lazy_module
 from funcnet.errors import FuncnetError
-from funcnet.prune import (ALLOCATIONS, COMPENSATIONS, DEFAULT_COMPENSATION, DEFAULT_MAX_COVARIANCE_BYTES,
-                           DEFAULT_RIDGE, DENOMINATORS, METHODS, prune)
+
+core = lazy_module("funcnet.core")
+P = lazy_module("funcnet.prune")
 
 
 # =============================================================================================
@@ -63,7 +67,7 @@ def _cmd_prune(args) -> int:
         kw["threshold"] = args.threshold
     if args.method in ("fn", "fn-threshold") and not args.networks:
         kw.update(n_groups=args.groups, group_size=args.group_size, n_components=args.n_components)
-    res = prune(
+    res = P.prune(
         lm, args.ratio, of=args.of, method=args.method, calib=args.calib, calib_tokens=args.calib_tokens,
         batch_size=args.batch_size, heads=args.heads, bias_compensation=not args.no_bias_compensation,
         compensation="none" if args.no_bias_compensation else args.compensation, ridge=args.ridge,
@@ -71,10 +75,10 @@ def _cmd_prune(args) -> int:
         allocation=args.allocation, protect=args.protect, seed=args.seed, networks=args.networks,
         multiple_of=args.multiple_of, **kw,
     )
-    save_pruned(res.lm, lm.tokenizer, out, res.report, overwrite=args.overwrite, format=args.format)
+    core.pruned.save_pruned(res.lm, lm.tokenizer, out, res.report, overwrite=args.overwrite, format=args.format)
     for line in summary_lines(res.report):
         print(line)
-    print(f"saved to {args.out} ({_format_line(args.format, native_reason(res.lm))})")
+    print(f"saved to {args.out} ({_format_line(args.format, core.pruned.native_reason(res.lm))})")
     return 0
 
 
@@ -83,7 +87,7 @@ def register_cli(sub) -> None:
     add_model_argument(p)
     p.add_argument("--ratio", type=float, default=0.2, help="fraction of parameters to remove (0 < r < 1)")
     p.add_argument("--of", choices=DENOMINATORS, default="mlp", help="denominator of the ratio")
-    p.add_argument("--method", choices=list(METHODS), default="flap")
+    p.add_argument("--method", choices=list(BUILTIN_PRUNING_METHODS), default="flap")
     p.add_argument("--heads", action="store_true", help="also prune attention heads (whole key/value groups)")
     p.add_argument("--compensation", choices=COMPENSATIONS, default=None,
                    help=f"how removed neurons are compensated (default {DEFAULT_COMPENSATION}): none, bias (FLAP's "
@@ -105,7 +109,7 @@ def register_cli(sub) -> None:
     p.add_argument("--group-size", type=int, default=16, help="fn without --networks: texts per group")
     p.add_argument("-k", "--n-components", type=int, default=64, help="fn without --networks: maps per layer")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--multiple-of", type=int, default=32,
+    p.add_argument("--multiple-of", type=int, default=CLI_MULTIPLE_OF,
                    help="round every pruned layer's MLP width to a multiple of this (default 32, what llama.cpp's "
                         "quantized blocks need; 1 = exact widths)")
     p.add_argument("--format", choices=SAVE_FORMATS, default="funcnet",

@@ -20,6 +20,7 @@ import transformers
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
+from funcnet._defaults import SAVE_FORMATS
 from funcnet._version import __version__
 from funcnet.core import shrink
 from funcnet.core._io import atomic_path, check_output, json_default as _json_default, mark_output
@@ -168,7 +169,6 @@ def is_pruned_folder(path) -> bool:
 
 #: ``save_pruned`` formats: ``funcnet`` (per-layer shapes, funcnet's classes), ``native`` (a plain folder
 #: of the base architecture, when every layer has the same shapes), ``auto`` (native when possible)
-SAVE_FORMATS = ("funcnet", "native", "auto")
 #: config key of the MLP width, per base model type (default ``intermediate_size``)
 _WIDTH_KEYS = {"gpt2": "n_inner", "opt": "ffn_dim"}
 #: config flag that gives every MLP projection a bias (zero where funcnet added none), per base model type
