@@ -530,3 +530,92 @@ def test_smollm2_permuted_is_derived(request):
     sus = derived(lm, lambda m: (F.permute_neurons(m, 1), F.permute_heads(m, 1), F.rescale_neurons(m)), "perm")
     res = F.compare(prof, sus, n_null=100)
     assert res.verdict == "derived" and res.p_value < 0.05 and res.score > 0.9
+
+
+# ----------------------------------------------------------------------------- streamed profiles == the old in-RAM profile
+def _old_profile_core(X, tok_spans, ranges, probes, *, k, n_seeds, threshold=3.6, units="words", seed=0):
+    """The in-RAM profile of funcnet before streaming (verbatim from its _profile, minus bookkeeping):
+    all layers' activations concatenated, z-scored, one CanICA fit per seed, key units, time courses."""
+    from funcnet.networks.canica import CanICA
+
+    use = tok_spans[:, 1] > tok_spans[:, 0]
+    for a, b in ranges.values():
+        nz = np.nonzero(use[a:b])[0]
+        if len(nz) > 1:
+            use[a + nz[0]] = False
+    Xf = np.asarray(X, np.float32)
+    Xu = Xf[use]
+    mu, sd = Xu.mean(0), Xu.std(0)
+    sd[sd < 1e-6] = 1.0
+
+    def standardize(A):
+        Z = (np.asarray(A, np.float32) - mu) / sd
+        np.clip(Z, -8.0, 8.0, out=Z)
+        return Z
+
+    Z = standardize(Xu)
+    maps = []
+    for i in range(n_seeds):
+        est = CanICA(n_components=k, n_init=1, fun="cube", method="reference", random_state=seed + 1000 * i,
+                     standardize=False, dtype=torch.float32).fit(Z)
+        maps.append(np.asarray(est.components_, np.float64))
+    offsets = np.concatenate([[0], np.cumsum([len(F.unit_spans(t, units)) for t in probes])])
+    tc = np.full((n_seeds, k, offsets[-1]), np.nan, np.float32)
+    keys = []
+    for s, M in enumerate(maps):
+        ks, w = [], np.zeros((Z.shape[1], k), np.float32)
+        for j in range(k):
+            idx = np.nonzero(np.abs(M[j]) > threshold)[0]
+            if len(idx) < 3:
+                idx = np.argsort(-np.abs(M[j]))[:3]
+            idx = np.sort(idx)
+            ks.append(idx)
+            w[idx, j] = np.sign(M[j][idx]) / len(idx)
+        keys.append(ks)
+        for p in range(len(probes)):
+            a, b = ranges[p]
+            t = (torch.from_numpy(standardize(Xf[a:b])) @ torch.from_numpy(w)).numpy()
+            sp = tok_spans[a:b].copy()
+            sp[~use[a:b]] = 0
+            tc[s, :, offsets[p]:offsets[p + 1]] = F.tokens_to_units(t, sp, F.unit_spans(probes[p], units)).T
+    return tc, keys
+
+
+def _assert_same_profile(prof, tc, keys, atol=2e-4):
+    assert prof.timecourses.shape == tc.shape
+    np.testing.assert_array_equal(np.isnan(prof.timecourses), np.isnan(tc))
+    np.testing.assert_allclose(prof.timecourses, tc, atol=atol, equal_nan=True)
+    for ks_new, ks_old in zip(prof.key_units, keys):
+        for a, b in zip(ks_new, ks_old):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("signals", ["residual", "both"])
+def test_profile_equals_the_old_in_ram_profile(signals):
+    """The layer-by-layer profile gives the old all-layers-in-RAM result (same key units, time courses
+    within float32 rounding), in RAM and streamed through a temporary store on disk."""
+    lm = structured_tiny(21)
+    keep = {}
+    prof = F.profile(lm, PROBES[:4], signals=signals, n_components=8, n_seeds=2, max_length=1024, keep=keep)
+    tc, keys = _old_profile_core(keep["X"], keep["token_spans"], keep["ranges"], PROBES[:4], k=8, n_seeds=2)
+    _assert_same_profile(prof, tc, keys)
+
+
+def test_compare_equals_the_old_in_ram_compare():
+    """compare() on layer-by-layer profiles gives the old result (score, p-values, verdict)."""
+    lm = structured_tiny(21)
+    sus = derived(lm, lambda m: F.rescale_neurons(m), "rescaled")
+    kw = dict(n_components=8, n_seeds=2, max_length=1024)
+    profs, olds = [], []
+    for model in (lm, sus):
+        keep = {}
+        p = F.profile(model, PROBES[:4], keep=keep, **kw)
+        tc, keys = _old_profile_core(keep["X"], keep["token_spans"], keep["ranges"], PROBES[:4], k=8, n_seeds=2)
+        profs.append(p)
+        olds.append(F.Profile(probes=p.probes, timecourses=tc, unit_offsets=p.unit_offsets, unit_spans=p.unit_spans,
+                              key_units=keys, params=p.params, model=p.model))
+    new = F.compare(profs[0], sus, n_null=100)
+    old = F.compare(olds[0], None, suspect_profile=olds[1], n_null=100)
+    assert new.verdict == old.verdict
+    assert new.score == pytest.approx(old.score, abs=1e-5) and new.raw_score == pytest.approx(old.raw_score, abs=1e-5)
+    assert new.p_chance == old.p_chance
