@@ -9,7 +9,8 @@ def _ridge_solve(S_kk: torch.Tensor, S_rk: torch.Tensor, ridge: float) -> torch.
     """A = S_rk (S_kk + ridge diag(S_kk))^-1, S_kk symmetric PSD (float64)."""
     d = torch.diagonal(S_kk).clamp_min(0)
     floor = 1e-12 * max(float(d.mean()), 1e-30)
-    M = S_kk + torch.diag(ridge * d + floor)
+    M = S_kk.clone()
+    M.diagonal().add_(ridge * d + floor)  # no dense diagonal matrix
     L, info = torch.linalg.cholesky_ex(M)
     if int(info) != 0:  # not positive definite (e.g. ridge 0 with collinear neurons): least-norm solution
         return torch.linalg.lstsq(M, S_rk.T, driver="gelsd").solution.T

@@ -38,6 +38,9 @@ class CalibStats:
     #: per-layer sums of x x^T of the down-projection input (``covariance=True``): what least-squares
     #: compensation needs; width x width float64 per layer
     neuron_xtx: dict[int, np.ndarray] = field(default_factory=dict)
+    #: per-layer centered covariance of the neurons as a torch tensor on the model's device (float32),
+    #: what the layer-by-layer pass (:mod:`funcnet.prune.layerwise`) computes and keeps one layer at a time
+    neuron_cov: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def mean(self, layer: int, kind: str = "neurons") -> np.ndarray:
         s = self.neuron_sum if kind == "neurons" else self.head_sum
@@ -53,8 +56,15 @@ class CalibStats:
         """Squared L2 norm of each channel over all calibration tokens."""
         return (self.neuron_sumsq if kind == "neurons" else self.head_sumsq)[layer]
 
-    def cov(self, layer: int) -> np.ndarray:
-        """Covariance matrix of the MLP neurons of ``layer`` (needs ``covariance=True``)."""
+    def has_cov(self, layer: int) -> bool:
+        """Whether the neurons' covariance of ``layer`` is known."""
+        return layer in self.neuron_cov or layer in self.neuron_xtx
+
+    def cov(self, layer: int) -> np.ndarray | torch.Tensor:
+        """Covariance matrix of the MLP neurons of ``layer`` (needs ``covariance=True``): a float64
+        array, or the torch tensor (model's device) of a layer-by-layer pass."""
+        if layer in self.neuron_cov:
+            return self.neuron_cov[layer]
         if layer not in self.neuron_xtx:
             raise FuncnetError(f"no neuron covariance for layer {layer}: least-squares compensation needs "
                                "calibration statistics recorded with covariance=True")
@@ -64,7 +74,7 @@ class CalibStats:
 
     @property
     def has_covariance(self) -> bool:
-        return bool(self.neuron_xtx)
+        return bool(self.neuron_xtx) or bool(self.neuron_cov)
 
 
 def _calib_texts(calib) -> tuple[list[str], Any, dict]:
@@ -158,7 +168,7 @@ def calibration_stats(
             m = state["mask"]
             x = x.detach()
             x = x[m.to(x.device)] if m is not None else x.reshape(-1, x.shape[-1])
-            x = x.to("cpu", torch.float64)
+            x = x.to(torch.float64)  # on the model's device (the CPU: as before, bit for bit)
             s = x.sum(0)
             q = (x * x).sum(0)
             if i in s_dict:
@@ -203,7 +213,7 @@ def calibration_stats(
     if n_tok == 0:
         raise FuncnetError("calibration text produced no tokens")
     ident["tokens"] = n_tok
-    to_np = lambda d: {i: v.numpy() for i, v in d.items()}  # noqa: E731
+    to_np = lambda d: {i: v.cpu().numpy() for i, v in d.items()}  # noqa: E731
     if covariance:
         ident["covariance"] = True
     return CalibStats(n_tok, to_np(nsum), to_np(nsq), to_np(hsum), to_np(hsq), ident, to_np(xtx))

@@ -1,10 +1,13 @@
 """``prune()``: calibration, scores, selection, compensation and shrink in one call."""
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import torch
 
 from funcnet._version import __version__
 from funcnet.core.models import LoadedModel, as_loaded
@@ -19,6 +22,7 @@ from funcnet.prune.compensation import (
     _resolve_compensation,
     apply_selection,
 )
+from funcnet.prune.layerwise import calibration_inputs, compensate_layerwise, layerwise_pass
 from funcnet.prune.network_scores import imp_fn, imp_fn_threshold, networks_for_pruning
 from funcnet.prune.registry import DEFAULT_ALLOCATION, compute_importance, get_method
 from funcnet.prune.scores import Importance, _load_networks, _networks_checked
@@ -36,6 +40,15 @@ log = logging.getLogger(__name__)
 #: options of a ``fn`` / ``fn-threshold`` run that go to :func:`networks_for_pruning` (under that name)
 _NETWORK_OPTIONS = {"n_groups": "n_groups", "group_size": "group_size", "n_components": "n_components",
                     "fn_method": "method", "n_init": "n_init", "fn_max_length": "max_length"}
+
+
+def _solve_dtype(dtype) -> torch.dtype:
+    """float32 / float64 (names or torch dtypes) for the least-squares solves."""
+    names = {"float32": torch.float32, "float64": torch.float64, torch.float32: torch.float32,
+             torch.float64: torch.float64}
+    if dtype not in names:
+        raise FuncnetError(f"solve_dtype must be float32 or float64, got {dtype!r}")
+    return names[dtype]
 
 
 @dataclass
@@ -76,6 +89,8 @@ def prune(
     ls_max_regressors: int = DEFAULT_LS_FN_REGRESSORS,
     max_covariance_bytes: int = DEFAULT_MAX_COVARIANCE_BYTES,
     multiple_of: int = 1,
+    layerwise: bool | None = None,
+    solve_dtype: str = "float32",
     **method_kw,
 ) -> PruneResult:
     """Prune ``model`` (a LoadedModel, a spec, or a model with ``tokenizer=``) in place.
@@ -91,6 +106,16 @@ def prune(
     of it (see :func:`select`; 1, the default, keeps exact widths; ``funcnet prune`` uses 32 so that
     llama.cpp's quantized blocks fit, see docs/deploy.md).
 
+    ``layerwise`` (default: whenever statistics are computed here from ``calib``): least-squares
+    compensation, and scores that need the covariance, run layer by layer
+    (:mod:`funcnet.prune.layerwise`): one pass over the calibration text for the selection's statistics
+    (sums on the model's device; layer by layer with each layer's covariance when the score needs it)
+    and one layer-by-layer pass that computes each pruned layer's dense covariance on its device,
+    solves its compensation in ``solve_dtype`` and shrinks it; so every layer runs twice over the
+    calibration text whatever the number of layers, and at most one layer's covariance is held.
+    ``layerwise=False``: the earlier path (float64 covariance of all pruned layers on the host, in
+    chunks of ``max_covariance_bytes``, one calibration pass per chunk).
+
     Stages: what the run needs (calibration statistics, their covariance, functional networks) is
     read off the method's :class:`~funcnet.prune.registry.PruningMethod` record for ``method_kw``
     (e.g. ``score=``) and off the compensation; given ``networks`` are checked against the model
@@ -100,6 +125,7 @@ def prune(
 
     if int(multiple_of) != multiple_of or int(multiple_of) < 1:
         raise FuncnetError(f"multiple_of must be an integer >= 1, got {multiple_of}")
+    solve_torch_dtype = _solve_dtype(solve_dtype)  # checked before the model loads
     lm = as_loaded(model, tokenizer)
     comp = _resolve_compensation(compensation if compensation is not None else
                                  (DEFAULT_COMPENSATION if bias_compensation else "none"), bias_compensation)
@@ -130,21 +156,58 @@ def prune(
         networks = checked = _load_networks(networks, lm)
     t0 = time.time()
     before = param_counts(lm)
-    if stats is None and (bias_compensation or scores_need_stats):
+    lw = (calib is not None) if layerwise is None else bool(layerwise)
+    if lw and calib is None and (stats is None or comp.startswith("ls")):
+        raise FuncnetError("layer-by-layer pruning needs calibration text (calib=)")
+    score_fn = rec.score if rec is not None else None
+    lw_scores = (lw and scores_need_cov and stats is None
+                 and "layers" in inspect.signature(score_fn).parameters)
+    if lw and scores_need_cov and stats is None and not lw_scores:
+        log.warning("method '%s' cannot score one layer at a time: its covariance is computed for all layers", name)
+    passes = 0
+    lw_imp = None
+    prot = set(_parse_protect(protect, lm.n_layers))
+    if stats is None and (bias_compensation or scores_need_stats) and lw_scores:
+        # the selection's statistics layer by layer: each free layer scored with its own covariance
+        free = [i for i in range(lm.n_layers) if i not in prot]
+        inputs, ident = calibration_inputs(lm, calib, calib_tokens=calib_tokens, max_length=max_length,
+                                           batch_size=batch_size)
+        parts: dict = {"neurons": {}, "heads": {}}
+        kw0 = dict(method_kw)
+        if networks is not None:
+            kw0["networks"] = networks
+
+        def score_layer(i, st):
+            with _networks_checked(checked):
+                part = compute_importance(rec.score, lm, st, seed=seed, heads=heads, layers=[i], **kw0)
+            parts["neurons"][i] = part.neurons[i]
+            if heads and part.heads:
+                parts["heads"][i] = part.heads[i]
+            parts["method"] = part.method
+
+        stats = layerwise_pass(lm, inputs, heads=heads, covariance_layers=free, on_layer=score_layer,
+                               desc="scores, layer by layer")
+        stats.identity = ident
+        passes += 1
+        del inputs
+        lw_imp = Importance(parts["neurons"], parts["heads"] if heads else None, method=parts.get("method", name))
+    elif stats is None and (bias_compensation or scores_need_stats):
         if calib is None:
             raise FuncnetError(f"method '{name}'{f' with compensation {comp!r}' if bias_compensation else ''} "
                                "needs calibration text (calib=)")
         cov_layers = None
-        if comp.startswith("ls") or scores_need_cov:
-            prot = set(_parse_protect(protect, lm.n_layers))
+        if not lw and (comp.startswith("ls") or scores_need_cov):
             cov_layers = [i for i in range(lm.n_layers) if i not in prot]
             if sum(lm.adapter.n_neurons(lm.layers[i]) ** 2 * 8 for i in cov_layers) > max_covariance_bytes:
                 cov_layers = None  # too big for one pass: compensation in chunks after selection
                 if scores_need_cov:
                     log.warning("the covariance exceeds max_covariance_bytes: method '%s' scores without it", name)
+        elif lw and scores_need_cov:
+            cov_layers = [i for i in range(lm.n_layers) if i not in prot]
         stats = calibration_stats(lm, calib, calib_tokens=calib_tokens, max_length=max_length,
                                   batch_size=batch_size, heads=heads, covariance=cov_layers is not None,
                                   covariance_layers=cov_layers)
+        passes += 1
     if networks is None and scores_need_networks:
         if calib is None:
             raise FuncnetError(f"method '{name}' needs functional networks (networks=) or calibration text (calib=)")
@@ -153,7 +216,9 @@ def prune(
         networks = checked = networks_for_pruning(lm, calib, seed=seed,
                                                   **{_NETWORK_OPTIONS[k]: v for k, v in fkw.items()})
     with _networks_checked(checked):
-        if keep_masks is not None:
+        if lw_imp is not None:
+            imp = lw_imp
+        elif keep_masks is not None:
             imp = imp_fn_threshold(lm, keep_masks=keep_masks)
         elif importance is not None:
             imp = importance if isinstance(importance, Importance) else imp_fn(lm, importance=importance)
@@ -167,7 +232,15 @@ def prune(
                      bias_compensation=bias_compensation, multiple_of=multiple_of)
         pruned_layers = [i for i in range(lm.n_layers)
                          if len(sel.keep_neurons[i]) < lm.adapter.n_neurons(lm.layers[i])]
-        if comp.startswith("ls") and any(i not in stats.neuron_xtx for i in pruned_layers):
+        if comp.startswith("ls") and lw and any(not stats.has_cov(i) for i in pruned_layers):
+            inputs, _ = calibration_inputs(lm, calib, calib_tokens=calib_tokens, max_length=max_length,
+                                           batch_size=batch_size)
+            compensate_layerwise(lm, sel, inputs, compensation=comp, ridge=ridge, networks=networks,
+                                 max_regressors=ls_max_regressors, heads_stats=stats,
+                                 solve_dtype=solve_torch_dtype)
+            passes += 1
+            del inputs
+        elif comp.startswith("ls") and any(not stats.has_cov(i) for i in pruned_layers):
             _apply_in_chunks(lm, sel, calib, comp, pruned_layers, max_covariance_bytes, ridge=ridge,
                              networks=networks, max_regressors=ls_max_regressors, calib_tokens=calib_tokens,
                              max_length=max_length, batch_size=batch_size, heads=heads)
@@ -201,6 +274,8 @@ def prune(
         "ridge": float(ridge) if comp.startswith("ls") else None,
         "protected_layers": sel.protected,
         "seed": seed,
+        "layerwise": lw,
+        "calibration_passes": passes,
         "base_model": {"spec": lm.spec, "family": lm.adapter.family},
         "funcnet_version": __version__,
         "seconds": round(time.time() - t0, 2),

@@ -102,26 +102,31 @@ def imp_wanda_sp(lm: LoadedModel, stats: CalibStats | None = None, *, heads: boo
 
 
 def conditional_fluctuation(lm: LoadedModel, stats: CalibStats, *, ridge: float = 0.1, networks=None,
-                            max_regressors: int = 128, fn_threshold: float = 3.6) -> dict[int, np.ndarray]:
+                            max_regressors: int = 128, fn_threshold: float = 3.6, layers=None) -> dict[int, np.ndarray]:
     """||W[:, j]||^2 * Var(x_j | regressors): the output error of removing neuron j alone when
     least-squares compensation reconstructs it from the regressors (FLAP's WIFV with the variance
     the other neurons cannot explain). Regressors: every other neuron of the layer (``networks``
     None: 1 / (M^-1)_jj with M = C + ridge diag(C)), or neuron j's strongest co-members in its
-    functional networks (as ``ls-fn``). Layers without a covariance get WIFV."""
+    functional networks (as ``ls-fn``). Layers without a covariance get WIFV. ``layers``: only these
+    (all when None; the layer-by-layer pass scores one layer at a time)."""
     ad = lm.adapter
     if networks is not None:
         networks = _load_networks(networks, lm)
     out = {}
+    only = None if layers is None else {int(i) for i in layers}
     for i, layer in enumerate(lm.layers):
+        if only is not None and i not in only:
+            continue
         w2 = _down_sq(ad, layer)
-        if i not in stats.neuron_xtx:
+        if not stats.has_cov(i):
             out[i] = (torch.as_tensor(stats.var(i)) * w2).numpy()
             continue
-        C = torch.as_tensor(stats.cov(i), dtype=torch.float64)
+        C = torch.as_tensor(stats.cov(i)).to("cpu", torch.float64)
         d = torch.diagonal(C).clamp_min(0)
         n = C.shape[0]
         if networks is None:
-            M = C + torch.diag(ridge * d + 1e-12 * max(float(d.mean()), 1e-30))
+            M = C.clone()
+            M.diagonal().add_(ridge * d + 1e-12 * max(float(d.mean()), 1e-30))
             cond = 1.0 / torch.diagonal(torch.cholesky_inverse(torch.linalg.cholesky(M)))
             cond = (cond - ridge * d).clamp_min(0)  # the residual variance, not counting the ridge on x_j itself
         else:
@@ -140,17 +145,21 @@ def conditional_fluctuation(lm: LoadedModel, stats: CalibStats, *, ridge: float 
 
 
 def imp_flap(lm: LoadedModel, stats: CalibStats | None = None, *, heads: bool = False, score: str | None = None,
-             cond_power: float = 1.0, cond_ridge: float = 0.1, **_) -> Importance:
+             cond_power: float = 1.0, cond_ridge: float = 0.1, layers=None, **_) -> Importance:
     """FLAP's fluctuation metric WIFV = Var(x_j) * ||W[:, j]||^2 (heads: mean over channels).
     ``score="cond"``: WIFV^(1 - cond_power) * conditional WIFV^cond_power (:func:`conditional_fluctuation`,
-    needs covariance statistics), the variant that anticipates least-squares compensation."""
+    needs covariance statistics), the variant that anticipates least-squares compensation.
+    ``layers``: score only these (all when None)."""
     _need(stats, heads)
     ad = lm.adapter
     neurons, hs = {}, {} if heads else None
     if score not in (None, "wifv", "cond"):
         raise FuncnetError(f"unknown flap score '{score}' (wifv, cond)")
-    cond = conditional_fluctuation(lm, stats, ridge=cond_ridge) if score == "cond" else None
+    cond = conditional_fluctuation(lm, stats, ridge=cond_ridge, layers=layers) if score == "cond" else None
+    only = None if layers is None else {int(i) for i in layers}
     for i, layer in enumerate(lm.layers):
+        if only is not None and i not in only:
+            continue
         neurons[i] = stats.var(i) * _down_sq(ad, layer).numpy()
         if cond is not None:
             neurons[i] = neurons[i] ** (1 - cond_power) * cond[i] ** cond_power
