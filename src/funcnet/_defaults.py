@@ -34,3 +34,16 @@ BUILTIN_PRUNING_METHODS = ("random", "magnitude", "wanda-sp", "flap", "fn", "fn-
 #: fingerprints: signals a profile records, and the significance level of the verdict
 FINGERPRINT_SIGNALS = ("residual", "neurons", "both")
 FINGERPRINT_ALPHA = 0.01
+
+#: model loading options of every command that loads a model: ``--dtype`` (default: the checkpoint's
+#: own dtype) and the named ``--device-map`` strategies of accelerate
+MODEL_DTYPES = ("float32", "float16", "bfloat16", "auto")
+DEVICE_MAP_NAMES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+#: activation-store dtypes (``funcnet record --store-dtype``); the command line's default bfloat16
+#: cannot overflow (float16 stops at 65,504; docs/recording.md)
+STORE_DTYPES = ("bfloat16", "float16", "float32")
+CLI_STORE_DTYPE = "bfloat16"
+#: the library's default store dtype (``funcnet.data.record(store_dtype=)``): float16, as the published
+#: figures were recorded; an overflow stops the recording with an error instead of storing infinities
+STORE_DTYPE = "float16"

@@ -86,11 +86,35 @@ def model_identity(model) -> str:
     picks = params[:2] + params[len(params) // 2 : len(params) // 2 + 2] + params[-2:]
     for name, p in picks:
         if p.device.type == "meta":
-            continue
+            p = _offloaded_value(model, name)  # offloaded by accelerate: its hook holds the value
+            if p is None:
+                continue
         flat = p.detach().reshape(-1)
         sample = flat[:: max(1, flat.numel() // 4096)][:4096].to("cpu", torch.float32)
         h.update(sample.numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def _offloaded_value(model, name: str):
+    """The value of parameter ``name`` of a model whose weights accelerate offloaded (the parameter is
+    on 'meta'; the weights map of its module's hook holds it, on the CPU or on disk), or None."""
+    mod_name, _, pname = name.rpartition(".")
+    try:
+        mod = model.get_submodule(mod_name) if mod_name else model
+    except AttributeError:
+        return None
+    hook = getattr(mod, "_hf_hook", None)
+    for h in [hook] + list(getattr(hook, "hooks", []) or []):
+        wm = getattr(h, "weights_map", None)
+        if wm is None:
+            continue
+        try:
+            v = wm[pname]
+        except KeyError:
+            continue
+        if isinstance(v, torch.Tensor) and v.device.type != "meta":
+            return v
+    return None
 
 
 def count_parameters(model) -> int:
@@ -125,16 +149,21 @@ def model_summary(model, adapter: ArchAdapter | None = None, spec: str = "") -> 
     }
 
 
+#: dtype names funcnet accepts (``--dtype``, ``load_model(dtype=)``), besides ``auto`` and torch dtypes
+DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+               "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
 def _resolve_dtype(dtype) -> torch.dtype | str:
+    """A dtype for ``from_pretrained``: None and ``"auto"`` are ``"auto"`` (the checkpoint's own dtype,
+    as its config names it), names and torch dtypes are torch dtypes."""
     if dtype is None or dtype == "auto":
-        return torch.float32 if dtype is None else "auto"
+        return "auto"
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if dtype not in names:
-        raise FuncnetError(f"unknown dtype '{dtype}'; choose from {', '.join(names)} or auto")
-    return names[dtype]
+    if dtype not in DTYPE_NAMES:
+        raise FuncnetError(f"unknown dtype '{dtype}'; choose from {', '.join(DTYPE_NAMES)} or auto")
+    return DTYPE_NAMES[dtype]
 
 
 def _is_loaded(obj) -> bool:

@@ -367,21 +367,36 @@ def _check_weight_shapes(p: Path, d: dict) -> None:
                                        f"but {f.name} holds {list(st.get_slice(k).get_shape())}")
 
 
-def load_pruned(path, *, dtype=None, device=None, device_map=None) -> LoadedModel:
+def pruned_config(path, *, check_weights: bool = True) -> PretrainedConfig:
+    """The base architecture's config of a pruned folder, with its per-layer shapes
+    (``funcnet_pruned``); with ``check_weights``, the weight files' shapes are checked against it."""
+    p = Path(path)
+    d = json.loads((p / "config.json").read_text())
+    if check_weights:
+        _check_weight_shapes(p, d)
+    if d.get("model_type") == PRUNED_MODEL_TYPE:
+        return FuncnetPrunedConfig.from_pretrained(str(p)).base_config()
+    # funcnet 0.1: the base model type, per-layer shapes and an auto_map to its own modeling file
+    return _base_classes(d["model_type"])[0].from_pretrained(str(p))
+
+
+def load_pruned(path, *, dtype=None, device=None, device_map=None, **kwargs) -> LoadedModel:
     """Load a folder written by :func:`save_pruned` as a LoadedModel, with funcnet's own classes
-    (never the folder's Python file). ``device_map`` (e.g. ``"auto"``) spreads it over devices."""
+    (never the folder's Python file).
+
+    ``dtype``: None or ``"auto"`` = the dtype the folder was saved in (its config's), else a torch dtype
+    or name (``"bfloat16"``). ``device_map`` (``"auto"``, ``"cpu"``, a dict of module -> device) spreads
+    it over devices as in ``from_pretrained``; further keyword arguments (``max_memory``,
+    ``offload_folder``) go to ``from_pretrained`` too."""
     p = Path(path)
     if not is_pruned_folder(p):
         raise FuncnetError(f"'{p}' is not a funcnet pruned-model folder (its config.json has no funcnet_pruned shapes)")
+    if device is not None and device_map is not None:
+        raise FuncnetError("give a device or a device_map, not both")
     try:
-        d = json.loads((p / "config.json").read_text())
-        _check_weight_shapes(p, d)
-        if d.get("model_type") == PRUNED_MODEL_TYPE:
-            cfg = FuncnetPrunedConfig.from_pretrained(str(p)).base_config()
-        else:  # funcnet 0.1: the base model type, per-layer shapes and an auto_map to its own modeling file
-            cfg = _base_classes(d["model_type"])[0].from_pretrained(str(p))
+        cfg = pruned_config(p)
         model = pruned_model_class(cfg.model_type).from_pretrained(str(p), config=cfg, dtype=_resolve_dtype(dtype),
-                                                                   device_map=device_map)
+                                                                   device_map=device_map, **kwargs)
     except FuncnetError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
