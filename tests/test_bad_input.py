@@ -73,7 +73,7 @@ def W(tmp_path_factory):
     (p["store_nomani"] / "manifest.json").unlink()
     p["store_nan"] = _copy(p["store"], w / "store_nan")
     a = np.load(sorted((p["store_nan"] / "acts").glob("*.npy"))[0], mmap_mode="r+")
-    a[5, 3] = np.nan
+    a[5, 3] = 0x7FC0 if a.dtype == np.uint16 else np.nan  # bfloat16 (the CLI's store dtype) is kept as raw bits
     a.flush()
     del a
     p["nets_corrupt"] = w / "nets_corrupt.safetensors"
@@ -278,6 +278,32 @@ CASES = [
          before_load=True),
     Case("fingerprint-n-seeds-0", ["fingerprint", "profile", *M, "--out", "{T}/v.fnf", "--n-seeds", "0"],
          "n_seeds must be at least 1", before_load=True),
+    # ---- model-loading options (every command that loads a model): one line, before the model loads
+    Case("load-bad-dtype", ["record", *M, "--dtype", "float8", "--out", "{T}/s"],
+         "--dtype 'float8' is not a dtype funcnet loads; choose from float32, float16, bfloat16, auto",
+         before_load=True),
+    Case("load-bad-dtype-prune", ["prune", *M, "--dtype", "int8", "--out", "{T}/p"], "--dtype 'int8' is not a dtype",
+         before_load=True),
+    Case("load-device-and-device-map", ["prune", *M, "--device", "cpu", "--device-map", "auto", "--out", "{T}/p"],
+         "--device and --device-map exclude each other", before_load=True),
+    Case("load-max-memory-malformed", ["eval", *M, "--device-map", "auto", "--max-memory", "0=lots,cpu=1GiB"],
+         "--max-memory '0=lots,cpu=1GiB': cannot read '0=lots'", before_load=True),
+    Case("load-max-memory-no-pairs", ["networks", *M, "--device-map", "auto", "--max-memory", "70GiB",
+                                      "--out", "{T}/n.st"], "--max-memory '70GiB': cannot read", before_load=True),
+    Case("load-max-memory-without-device-map", ["record", *M, "--max-memory", "cpu=1GiB", "--out", "{T}/s"],
+         "--max-memory applies only with --device-map", before_load=True),
+    Case("load-offload-folder-without-device-map", ["eval", *M, "--offload-folder", "{T}/off"],
+         "--offload-folder applies only with --device-map", before_load=True),
+    Case("load-device-map-bad-json", ["fingerprint", "profile", *M, "--device-map", '{{"model": 0', "--out",
+                                      "{T}/v.fnf"], "--device-map: JSON is not valid JSON", before_load=True),
+    Case("load-device-map-bad-device", ["explore", *M, "--device-map", '{{"model": "gpu7"}}', "--out", "{T}/r"],
+         "device_map entry 'model': 'gpu7' is not a device", before_load=True),
+    Case("load-unknown-device", ["fingerprint", "compare", "{fnf}", *M, "--device", "gpu"], "'gpu' is not a device",
+         before_load=True),
+    Case("load-cuda-missing", ["eval", *M, "--device", "cuda"], "no CUDA device is available", before_load=True,
+         marks=(pytest.mark.skipif("__import__('torch').cuda.is_available()", reason="a CUDA device is here"),)),
+    Case("record-bad-store-dtype", ["record", *M, "--store-dtype", "int8", "--out", "{T}/s"],
+         "argument --store-dtype: invalid choice", before_load=True),
     # ---- command line
     Case("unknown-command", ["no-such-command"], "invalid choice", before_load=True),
     Case("missing-required-out", ["record", *M], "the following arguments are required: --out", before_load=True),
@@ -330,6 +356,53 @@ def test_networks_layers_with_a_store_are_used_not_ignored(W, tmp_path, capsys):
     assert {d.unit for d in FunctionalNetworks.load(out).decompositions} == {"L01"}
 
 
+def test_networks_with_a_finished_store_loads_no_weights(W, tmp_path, monkeypatch):
+    """`networks --store S` reads the model's identity and widths from its config and weight-file
+    headers (the loader fails the test) and checks them against the store; the networks file carries
+    the identity of the loaded model."""
+    from funcnet.core.models import load_model
+    from funcnet.networks import FunctionalNetworks
+
+    ident = load_model(str(W["model"])).identity
+    _no_model_load(monkeypatch)
+    out = tmp_path / "n.safetensors"
+    assert main(["networks", "--model", str(W["model"]), "--store", str(W["store"]), "--out", str(out), "-k", "2",
+                 "--n-init", "1"]) == 0
+    nets = FunctionalNetworks.load(out)
+    assert nets.model_identity == ident and list(nets.neurons_per_layer) == [64] * 4
+
+
+def test_model_loading_options_on_every_model_command():
+    from funcnet.cli import build_parser
+
+    for name in ("info", "record", "networks", "lesion", "preserve", "amplify", "recurrence", "explore", "eval",
+                 "prune", "export", "browse", "demo"):
+        p = build_parser([name])
+        sub = next(a for a in p._actions if a.dest == "command").choices[name]
+        opts = {o for a in sub._actions for o in a.option_strings}
+        assert {"--dtype", "--device", "--device-map", "--max-memory", "--offload-folder"} <= opts, name
+    p = build_parser(["fingerprint"])
+    fp = next(a for a in p._actions if a.dest == "command").choices["fingerprint"]
+    for name, sp in next(a for a in fp._actions if a.dest == "fingerprint_command").choices.items():
+        assert {"--dtype", "--device-map"} <= {o for a in sp._actions for o in a.option_strings}, name
+
+
+def test_max_memory_and_device_map_parsing(tmp_path):
+    from funcnet.cli._common import parse_device_map, parse_max_memory
+
+    assert parse_max_memory("0=70GiB, 1=70GiB,cpu=100GiB") == {0: "70GiB", 1: "70GiB", "cpu": "100GiB"}
+    assert parse_max_memory("cpu=1000000,disk=2 TB") == {"cpu": 1000000, "disk": "2TB"}
+    with pytest.raises(FuncnetError, match="named twice"):
+        parse_max_memory("0=1GiB,0=2GiB")
+    assert parse_device_map("auto") == "auto" and parse_device_map("cpu") == "cpu"
+    f = tmp_path / "map.json"
+    f.write_text('{"model.embed_tokens": 0, "lm_head": "cpu"}')
+    assert parse_device_map(str(f)) == {"model.embed_tokens": 0, "lm_head": "cpu"}
+    assert parse_device_map('{"": "cpu"}') == {"": "cpu"}
+    with pytest.raises(FuncnetError, match="JSON object"):
+        parse_device_map("{}")
+
+
 def test_a_cut_document_is_reported_once(W, tmp_path, caplog):
     """(5) a single 200k-character line cut to max_length tokens: one warning, not silence."""
     import logging
@@ -360,6 +433,12 @@ PY_CASES = [
     ("prune-ratio-abc (3)", lambda W, T: _prune(W, "abc"), "ratio must be a number"),
     ("prune-unknown-method", lambda W, T: _prune(W, 0.2, method="nope"), "unknown pruning method"),
     ("prune-unknown-compensation", lambda W, T: _prune(W, 0.2, compensation="nope"), "unknown compensation"),
+    ("record-unknown-store-dtype", lambda W, T: _record(W, T, store_dtype="int8"), "unknown store dtype 'int8'"),
+    ("record-store-dtype-disagrees", lambda W, T: _record(W, T, store_dtype="float16", dtype="bfloat16"),
+     "store_dtype='float16' and dtype='bfloat16' disagree"),
+    ("load-device-and-device-map", lambda W, T: _load(W["model"], device="cpu", device_map="auto"), "not both"),
+    ("load-max-memory-without-device-map", lambda W, T: _load(W["model"], max_memory={"cpu": "1GiB"}),
+     "max_memory applies only with a device_map"),
 ]
 
 
@@ -383,10 +462,10 @@ def _nets_load(path, model=None):
     return FunctionalNetworks.load(path, model=None if model is None else load_model(str(model)))
 
 
-def _load(path):
+def _load(path, **kw):
     from funcnet.core.models import load_model
 
-    return load_model(str(path))
+    return load_model(str(path), **kw)
 
 
 def _prune(W, ratio, **kw):

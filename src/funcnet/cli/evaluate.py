@@ -74,8 +74,6 @@ def register_cli(sub) -> None:
     p.add_argument("--stride", type=int, default=None, help="window stride (default: window, non-overlapping)")
     p.add_argument("--max-windows", type=int, default=None, help="evaluate at most N windows per domain")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16 or auto")
-    p.add_argument("--device", default=None, help="e.g. cpu, cuda")
     p.add_argument("--tasks", default=None, help="comma-separated lm-eval tasks (needs pip install lm-eval)")
     p.add_argument("--limit", type=float, default=None, help="lm-eval: examples per task")
     p.add_argument("--include-path", default=None, help="lm-eval: folder of extra task YAML files")

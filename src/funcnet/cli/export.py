@@ -61,5 +61,4 @@ def register_cli(sub) -> None:
                    help="write a plain folder of the base architecture (every layer the same shape)")
     p.add_argument("--decilm", default=None, metavar="DIR", help="write a DeciLM / Nemotron-NAS folder (vLLM layout)")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--dtype", default=None)
     p.set_defaults(func=_cmd_export)

@@ -1,13 +1,14 @@
-"""``funcnet info``: model and activation-store summaries."""
+"""``funcnet info``: model and activation-store summaries (a model's without loading its weights)."""
 from __future__ import annotations
 
 import json
 
-from funcnet.cli._common import add_model_argument, load
+from funcnet.cli._common import add_model_argument, load_options
 from funcnet._defaults import DEFAULT_MODEL
 from funcnet.errors import FuncnetError
 from funcnet.cli._lazy import lazy_module
 
+core = lazy_module("funcnet.core")
 data = lazy_module("funcnet.data")
 
 
@@ -19,8 +20,9 @@ def _cmd_info(args) -> int:
         print(json.dumps(data.store.ActivationStore.open(target).summary(), indent=2))
         return 0
 
-    lm = load(args, target)
-    s = lm.summary()
+    # read from the config and the weight files' headers: no weights loaded (--dtype: the dtype it would load in)
+    opts = load_options(args)
+    s = core.models.model_outline(target, dtype=opts.get("dtype"), trust_remote_code=args.trust_remote_code).summary()
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
@@ -43,6 +45,5 @@ def register_cli(sub) -> None:
     p = sub.add_parser("info", help="summarise a model (family, layers, neurons, parameters) or an activation store")
     add_model_argument(p, default=None, help="model spec (HF id, folder, .gguf or alias) or activation-store folder")
     p.add_argument("target", nargs="?", default=None, help="the same as --model (kept for older scripts)")
-    p.add_argument("--dtype", default=None)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)

@@ -3,12 +3,23 @@ from __future__ import annotations
 
 import time
 
-from funcnet.cli._common import add_model_argument, check_out, check_positive, load
+from funcnet.cli._common import add_model_argument, check_out, check_positive, load, load_options
 from funcnet._defaults import NETWORK_MODES as MODES
 from funcnet.cli._lazy import lazy_module
 
+core = lazy_module("funcnet.core")
 data = lazy_module("funcnet.data")
 networks = lazy_module("funcnet.networks")
+
+
+def _complete_store(path) -> bool:
+    """True when ``path`` is a finished activation store (then only the model's identity is needed)."""
+    if not path or not data.store.looks_like_store(path):
+        return False
+    try:
+        return data.store.ActivationStore.open(path).complete
+    except Exception:  # a damaged store: the recording path reports it
+        return False
 
 
 def _cmd_networks(args) -> int:
@@ -16,7 +27,17 @@ def _cmd_networks(args) -> int:
     check_positive(args, "max_tokens", "max_length", "n_components", "window", "groups", "group_size", "n_init", "top")
     sig = data.parse_signals(args.signals)
     out = check_out(args, is_dir=False, what="output file")
-    lm = load(args)
+    opts = load_options(args)
+    if _complete_store(args.store):
+        # a finished store: the model's identity and widths come from its config and weight-file
+        # headers (no weights loaded), at the dtype the store was recorded with unless --dtype says
+        manifest = data.store.ActivationStore.open(args.store).manifest
+        lm = core.models.model_outline(args.model, dtype=opts.get("dtype") or manifest.get("model_dtype"),
+                                       trust_remote_code=args.trust_remote_code)
+        widths = lm.neurons_per_layer()
+    else:
+        lm = load(args)
+        widths = lm.adapter.neurons_per_layer(lm.model)
     layers = None if str(args.layers).strip().lower() in ("all", "") else data.parse_layers(args.layers, lm.n_layers)
     t0 = time.time()
     store = networks.ensure_store(lm, args.corpus, store=args.store, signals=sig, layers=args.layers, split=args.split,
@@ -25,8 +46,8 @@ def _cmd_networks(args) -> int:
     nets = networks.decompose(store, mode=args.mode, n_components=args.n_components, layers=layers, signals=sig,
                      window=args.window,
                      n_groups=args.groups, group_size=args.group_size, method=args.method, n_init=args.n_init,
-                     random_state=args.seed, device=args.device, checkpoint=args.checkpoint, tol=args.tol,
-                     model_identity=lm.identity, neurons_per_layer=lm.adapter.neurons_per_layer(lm.model))
+                     random_state=args.seed, device=args.device or "cpu", checkpoint=args.checkpoint, tol=args.tol,
+                     model_identity=lm.identity, neurons_per_layer=widths)
     t2 = time.time()
     nets.save(out)
     thr = dict(threshold=args.threshold, positive_only=args.positive_only)
@@ -37,7 +58,7 @@ def _cmd_networks(args) -> int:
 
 def register_cli(sub) -> None:
     p = sub.add_parser("networks", help="find functional networks (group ICA) and save them")
-    add_model_argument(p)
+    add_model_argument(p, device_help="; also where the decomposition runs (default cpu)")
     p.add_argument("--corpus", default="builtin")
     p.add_argument("--split", default="calib", choices=["calib", "eval", "all"])
     p.add_argument("--store", default=None, help="activation store to reuse (recorded there if missing)")
@@ -58,7 +79,6 @@ def register_cli(sub) -> None:
     p.add_argument("--positive-only", action="store_true")
     p.add_argument("--min-stability", type=float, default=None)
     p.add_argument("--checkpoint", default=None, help="folder for per-group results (resumable)")
-    p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=int, default=10, help="rows in the summary table")
     p.add_argument("--out", required=True, help="output .safetensors file")

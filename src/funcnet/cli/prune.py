@@ -118,5 +118,4 @@ def register_cli(sub) -> None:
                         "native: that or an error")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default=None)
     p.set_defaults(func=_cmd_prune)
