@@ -198,3 +198,87 @@ def test_record_smollm2(tmp_path):
     texts = [corpus.documents[d].text[a:b] for d, (a, b) in zip(docs[:50], spans[:50])]
     decoded = [lm.tokenizer.decode([int(t)]) for t in np.asarray(st.tokens["token_ids"])[:50]]
     assert sum(t == d for t, d in zip(texts, decoded)) >= 45
+
+
+# ----------------------------------------------------------------------------- store dtype and overflow
+def _loud(n_layers=3):
+    """A tiny llama whose layer-1 MLP input is scaled by 300: its neurons reach ~1e5, past float16."""
+    m = tiny_model("llama", n_layers=n_layers, vocab=128)
+    with torch.no_grad():
+        m.model.layers[1].post_attention_layernorm.weight.mul_(300)
+    return as_loaded(m, char_tokenizer())
+
+
+def test_float16_overflow_stops_naming_layer_and_value(tmp_path):
+    """A float16 store refuses values past 65,504 (they would be stored as inf): one line naming the
+    layer, the signal and the largest value, suggesting bfloat16; the store is left incomplete."""
+    from funcnet.data.record import StoreOverflowError
+
+    lm = _loud()
+    top = float(np.abs(collect(lm, TEXTS[:2], layers=[1], max_length=32)[(1, "neurons")]).max())
+    assert top > 65504
+    with pytest.raises(StoreOverflowError, match=r"layer 1 \(neurons\) reach [\d,]+, past float16's largest value "
+                                                 r"65,504; record again with --store-dtype bfloat16") as e:
+        record(lm, TEXTS[:2], out=tmp_path / "s", store_dtype="float16", max_length=32, chunk_tokens=16,
+               progress=False)
+    assert "\n" not in str(e.value) and f"{top:,.0f}"[:3] in str(e.value)
+    st = ActivationStore.open(tmp_path / "s")
+    assert not st.complete and st.summary()["size_mb"] == 0.0
+    with pytest.raises(FuncnetError, match="incomplete"):
+        st.layer(0)
+    # bfloat16 (funcnet record's default) keeps them, within bfloat16's precision
+    st = record(lm, TEXTS[:2], out=tmp_path / "b", store_dtype="bfloat16", max_length=32, progress=False)
+    a = st.layer_float(1)
+    assert np.isfinite(a).all() and abs(np.abs(a).max() - top) / top < 1e-2
+    # collect() in float16 checks the same way
+    with pytest.raises(StoreOverflowError, match="layer 1"):
+        collect(lm, TEXTS[:2], layers=[1], max_length=32, dtype="float16")
+
+
+def test_store_dtype_argument_and_deprecated_dtype(lm, tmp_path):
+    st = record(lm, TEXTS[:2], out=tmp_path / "a", layers=[1], store_dtype="bfloat16", progress=False)
+    assert st.dtype == "bfloat16" and st.layer(1).dtype == np.uint16
+    assert st.manifest["model_dtype"] == "float32"
+    with pytest.warns(DeprecationWarning, match="store_dtype"):
+        st = record(lm, TEXTS[:2], out=tmp_path / "b", layers=[1], dtype="float32", progress=False)
+    assert st.dtype == "float32"
+    assert record(lm, TEXTS[:2], out=tmp_path / "c", layers=[1], progress=False).dtype == "float16"  # library default
+
+
+def test_store_size_counts_the_rows_written(lm, tmp_path):
+    """summary()['size_mb'] / nbytes(): headers plus the rows of finished chunks (the files are
+    allocated at full size up front); a finished store: exactly the files' sizes."""
+    st = record(lm, TEXTS, out=tmp_path / "s", layers="all", max_length=40, chunk_tokens=64, progress=False)
+    files = sum(f.stat().st_size for f in (tmp_path / "s" / "acts").glob("*.npy"))
+    assert st.nbytes() == files
+    done = sorted(st.done_chunks())
+    (tmp_path / "s" / "progress.json").write_text(json.dumps({"done": done[:1]}))
+    part = ActivationStore.open(tmp_path / "s")
+    c0 = part.chunks[0]
+    want = sum(part._offset(f) for f in (tmp_path / "s" / "acts").glob("*.npy")) + c0.n_tokens * 64 * 3 * 2
+    assert part.nbytes() == want < files
+
+
+def test_cli_record_store_dtype_and_model_dtype(tmp_path, capsys):
+    """`funcnet record`: --store-dtype (default bfloat16) is the store's, --dtype the model's; a store
+    recorded in bfloat16 is then found by `networks --store` without --dtype (manifest model_dtype)."""
+    from funcnet.cli import main
+
+    d = tiny_saved(tmp_path, "llama")
+    assert main(["record", "--model", str(d), "--out", str(tmp_path / "s"), "--max-tokens", "64",
+                 "--max-length", "32"]) == 0
+    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert (m["dtype"], m["model_dtype"]) == ("bfloat16", "float32")
+    assert "bfloat16" in capsys.readouterr().out
+    assert main(["record", "--model", str(d), "--out", str(tmp_path / "t"), "--max-tokens", "64", "--max-length", "32",
+                 "--dtype", "bfloat16", "--store-dtype", "float32"]) == 0
+    m = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    assert (m["dtype"], m["model_dtype"]) == ("float32", "bfloat16")
+    from funcnet.core.models import load_model
+
+    assert m["model_identity"] == load_model(str(d), dtype="bfloat16").identity != load_model(str(d)).identity
+    assert main(["networks", "--model", str(d), "--store", str(tmp_path / "t"), "--out", str(tmp_path / "n.st"),
+                 "-k", "2", "--n-init", "1"]) == 0
+    assert main(["networks", "--model", str(d), "--dtype", "float32", "--store", str(tmp_path / "t"), "--out",
+                 str(tmp_path / "n2.st"), "-k", "2", "--n-init", "1"]) == 2
+    assert "recorded from another model" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """`funcnet record`."""
 from __future__ import annotations
 
+from funcnet._defaults import CLI_STORE_DTYPE, STORE_DTYPES
 from funcnet.cli._common import add_model_argument, model_or_spec
 from funcnet.cli._lazy import lazy_module
 
@@ -12,7 +13,7 @@ def _cmd_record(args) -> int:
     store = data.record(
         model_or_spec(args), args.corpus, out=args.out, signals=args.signals, layers=args.layers, split=args.split,
         max_tokens=args.max_tokens, max_length=args.max_length, mode=args.mode, batch_size=args.batch_size,
-        dtype=args.dtype, resume=args.resume, overwrite=args.overwrite,
+        store_dtype=args.store_dtype, resume=args.resume, overwrite=args.overwrite,
     )
     s = store.summary()
     print(f"recorded {s['n_tokens']:,} tokens x {s['layers']} layers ({', '.join(s['signals'])}) "
@@ -31,7 +32,10 @@ def register_cli(sub) -> None:
     p.add_argument("--max-length", type=int, default=128, help="tokens per document / window")
     p.add_argument("--mode", default="documents", choices=["documents", "packed"])
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="float16", choices=["float16", "float32", "bfloat16"])
+    p.add_argument("--store-dtype", default=CLI_STORE_DTYPE, choices=list(STORE_DTYPES),
+                   help=f"how the store keeps the values (default {CLI_STORE_DTYPE}: cannot overflow; float16 stops "
+                        "at 65,504 and is refused when a value is larger; float32 is twice the size). The model's "
+                        "own dtype is --dtype")
     p.add_argument("--out", required=True, help="output store folder")
     p.add_argument("--resume", action="store_true", help="continue an interrupted recording")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")

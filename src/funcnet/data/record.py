@@ -9,12 +9,14 @@ import os
 import re
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
+from funcnet._defaults import STORE_DTYPE
 from funcnet._version import __version__
 from funcnet.core._io import check_output, protected_reason
 from funcnet.core.adapters import SIGNALS
@@ -22,7 +24,7 @@ from funcnet.core.forward import forward_batches, iter_batches
 from funcnet.core.models import LoadedModel, as_loaded
 from funcnet.core.progress import progress_bar
 from funcnet.data.corpus import load_corpus, tokenize
-from funcnet.data.store import ActivationStore, plan_chunks, store_owned
+from funcnet.data.store import STORAGE_DTYPES, ActivationStore, plan_chunks, store_owned
 from funcnet.errors import FuncnetError
 
 RESUME_KEYS = ("model_identity", "tokenized_identity", "signals", "layers", "dtype", "chunk_tokens")
@@ -93,11 +95,31 @@ def _token_meta(tok) -> dict[str, np.ndarray]:
     }
 
 
-def _to_storage(t: torch.Tensor, dtype: str) -> np.ndarray:
+#: the largest finite value of each 16-bit storage dtype
+_DTYPE_MAX = {"float16": 65504.0, "bfloat16": float(torch.finfo(torch.bfloat16).max)}
+
+
+class StoreOverflowError(FuncnetError):
+    """Activations too large for the store's dtype (float16 stops at 65,504)."""
+
+
+def _to_storage(t: torch.Tensor, dtype: str, layer: int | None = None, signal: str | None = None) -> np.ndarray:
+    """Rows in the storage dtype; a finite value that the cast to float16 / bfloat16 turns into an
+    infinity is a :class:`StoreOverflowError` naming the layer, the signal and the largest value."""
     t = t.detach().to("cpu")
-    if dtype == "bfloat16":
-        return t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-    return t.to(torch.float16 if dtype == "float16" else torch.float32).numpy()
+    if dtype in _DTYPE_MAX:
+        c = t.to(torch.bfloat16 if dtype == "bfloat16" else torch.float16)
+        if c.dtype != t.dtype and not bool(torch.isfinite(c).all()):
+            fin = torch.isfinite(t)
+            if bool((fin & ~torch.isfinite(c)).any()):
+                top = float(t[fin].abs().max())
+                where = f"layer {layer} ({signal})" if layer is not None else "a recorded signal"
+                wider = "bfloat16 (or float32)" if dtype == "float16" else "float32"
+                raise StoreOverflowError(
+                    f"activations of {where} reach {top:,.0f}, past {dtype}'s largest value {_DTYPE_MAX[dtype]:,.0f}; "
+                    f"record again with --store-dtype {wider} and --overwrite (Python: store_dtype=)")
+        return c.view(torch.int16).numpy().view(np.uint16) if dtype == "bfloat16" else c.numpy()
+    return t.to(torch.float32).numpy()
 
 
 def _run_capture(
@@ -126,7 +148,7 @@ def _run_capture(
             if mask.device != t.device:
                 mask = mask.to(t.device)
             rows = t[mask] if t.dim() == 3 else t.reshape(mask.shape + t.shape[-1:])[mask]
-            state["captured"][(layer_idx, signal)] = _to_storage(rows, dtype)
+            state["captured"][(layer_idx, signal)] = _to_storage(rows, dtype, layer_idx, signal)
         return cb
 
     last = max(l for l, _ in keys)
@@ -215,18 +237,25 @@ def record(
     mode: str = "documents",
     batch_size: int = 8,
     chunk_tokens: int = 2048,
-    dtype: str = "float16",
+    store_dtype: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    dtype: str | None = None,
 ) -> ActivationStore:
     """Record ``signals`` of ``layers`` over ``corpus`` into an activation store at ``out``.
 
-    ``model`` is a spec, a :class:`LoadedModel` or an HF model (then pass ``tokenizer``); ``corpus`` a
-    spec, a Corpus, a TokenizedCorpus or a list of strings. With ``resume=True`` an interrupted
-    recording continues at its first unfinished chunk (refused if model or corpus differ).
+    ``model`` is a spec (a :class:`funcnet.core.models.ModelSpec` carries loading options such as the
+    model's dtype and device map), a :class:`LoadedModel` or an HF model (then pass ``tokenizer``);
+    ``corpus`` a spec, a Corpus, a TokenizedCorpus or a list of strings. ``store_dtype``: how the store
+    keeps the values, ``float16`` (default here; ``funcnet record`` defaults to ``bfloat16``),
+    ``bfloat16`` or ``float32``; values that would overflow float16 (|x| > 65,504) stop the recording
+    with a :class:`StoreOverflowError`, the store left incomplete (docs/recording.md). ``dtype`` is the
+    old name of ``store_dtype`` (deprecated). With ``resume=True`` an interrupted recording continues at
+    its first unfinished chunk (refused if model or corpus differ).
     """
-
+    store_dtype = _store_dtype(store_dtype, dtype)
+    dtype = store_dtype
     out = Path(out)
     _check_positive(batch_size=batch_size, max_length=max_length, chunk_tokens=chunk_tokens,
                     max_tokens=max_tokens)
@@ -255,6 +284,7 @@ def record(
         "max_length": getattr(tok, "max_length", max_length),
         "mode": getattr(tok, "mode", mode),
         "chunk_tokens": int(chunk_tokens),
+        "model_dtype": str(next(lm.model.parameters()).dtype).replace("torch.", ""),
         "chunks": [[c.index, c.seq_start, c.seq_stop, c.tok_start, c.tok_stop] for c in chunks],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -284,6 +314,20 @@ def record(
         on_chunk_done=store.mark_done, skip=done, progress=progress,
     )
     return store
+
+
+def _store_dtype(store_dtype: str | None, dtype: str | None) -> str:
+    """``store_dtype``, or the deprecated ``dtype`` (the store's dtype under its old name)."""
+    if dtype is not None:
+        warnings.warn("record(dtype=...) is the activation store's dtype: pass store_dtype= (dtype= will go)",
+                      DeprecationWarning, stacklevel=3)
+        if store_dtype is not None and store_dtype != dtype:
+            raise FuncnetError(f"store_dtype={store_dtype!r} and dtype={dtype!r} disagree; pass store_dtype only")
+        store_dtype = dtype
+    store_dtype = STORE_DTYPE if store_dtype is None else store_dtype
+    if store_dtype not in STORAGE_DTYPES:
+        raise FuncnetError(f"unknown store dtype '{store_dtype}'; choose from {', '.join(STORAGE_DTYPES)}")
+    return store_dtype
 
 
 def collect(

@@ -399,9 +399,27 @@ class ActivationStore:
             raise FuncnetError(f"document {doc_id} is not in store {self.path}")
         return self._to_float(self.layer(layer, signal)[rows])
 
+    def nbytes(self) -> int:
+        """Bytes of the arrays actually written: every array's header plus the rows of the finished
+        chunks (the files are allocated at their final size when the store is created, so their
+        apparent size overstates an unfinished store; for a finished one the two agree)."""
+        done = self.done_chunks()
+        tokens = sum(c.n_tokens for c in self.chunks if c.index in done)
+        itemsize = np.dtype(STORAGE_DTYPES[self.dtype]).itemsize
+        total = 0
+        for name, a in self.manifest.get("arrays", {}).items():
+            path = self.path / "acts" / f"{name}.npy"
+            if path.is_file():
+                try:
+                    header = self._offset(path)
+                except FuncnetError:  # a damaged header: reading the array will say so
+                    header = 0
+                total += header + tokens * int(a["width"]) * itemsize
+        return total
+
     def summary(self) -> dict:
         m = self.manifest
-        size = sum(f.stat().st_size for f in (self.path / "acts").glob("*.npy"))
+        size = self.nbytes()
         return {
             "path": str(self.path), "model": m.get("model_spec"), "model_identity": m.get("model_identity"),
             "family": m.get("family"), "corpus": m.get("corpus_name"), "corpus_identity": m.get("corpus_identity"),
