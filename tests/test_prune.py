@@ -27,6 +27,7 @@ from funcnet.core.adapters import get_adapter, weight_out_in
 from funcnet.core.models import as_loaded, load_model
 from funcnet.data.corpus import load_corpus
 from funcnet.errors import FuncnetError
+from funcnet.evaluate import perplexity
 from funcnet.networks import Decomposition, FunctionalNetworks
 
 os.environ.setdefault("FUNCNET_NO_PROGRESS", "1")
@@ -954,3 +955,23 @@ def test_layer_by_layer_equals_one_pass_every_family(family):
     ids = torch.randint(3, V, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(ref.model(ids).logits, lw.model(ids).logits, atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.integration
+def test_smollm2_layer_by_layer_same_neurons_and_perplexity():
+    """Issue 14's check on the real model: at 20% and 50% of the MLP (flap, least squares, default
+    calibration), layer-by-layer pruning keeps the same neurons as the earlier path (float64 covariance
+    of every pruned layer on the host) and its perplexity on the built-in evaluation text is within 0.5%."""
+    lm = funcnet.load_model("smollm2-135m")
+    texts = load_corpus("builtin", split="eval").texts
+    dense = copy.deepcopy(lm.model)
+    for ratio in (0.2, 0.5):
+        got = {}
+        for lw in (False, True):
+            cur = as_loaded(copy.deepcopy(dense), lm.tokenizer)
+            res = P.prune(cur, ratio, method="flap", calib="builtin", layerwise=lw)
+            assert res.report["layerwise"] is lw
+            ppl = perplexity(cur, texts_or_corpus=texts, window=128, max_windows=64, progress=False).ppl
+            got[lw] = (res.report["kept_neurons"], float(ppl))
+        assert got[True][0] == got[False][0]
+        assert abs(got[True][1] / got[False][1] - 1) < 0.005, (ratio, got[False][1], got[True][1])
