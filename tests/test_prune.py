@@ -975,3 +975,22 @@ def test_smollm2_layer_by_layer_same_neurons_and_perplexity():
             got[lw] = (res.report["kept_neurons"], float(ppl))
         assert got[True][0] == got[False][0]
         assert abs(got[True][1] / got[False][1] - 1) < 0.005, (ratio, got[False][1], got[True][1])
+
+
+def test_cli_prune_layer_by_layer_flags(tmp_path):
+    """``funcnet prune`` prunes layer by layer by default (two calibration passes); ``--no-layerwise``
+    takes the earlier path; ``--solve-dtype float64`` reaches the solves; all give the same neurons."""
+    from conftest import tiny_saved
+
+    model = tiny_saved(tmp_path, "llama", n_layers=4)
+    reports = {}
+    for name, extra in (("lw", []), ("old", ["--no-layerwise"]), ("f64", ["--solve-dtype", "float64"])):
+        out = tmp_path / name
+        assert _cli(["prune", "--model", str(model), "--method", "flap", "--protect", "1,0", "--ratio", "0.3",
+                     "--calib-tokens", "256", "--multiple-of", "1", "--out", str(out), *extra]) == 0
+        reports[name] = json.loads((out / "pruning_report.json").read_text())
+    assert reports["lw"]["layerwise"] and reports["f64"]["layerwise"] and not reports["old"]["layerwise"]
+    assert reports["lw"]["calibration_passes"] == 2 and reports["old"]["calibration_passes"] == 1
+    assert reports["lw"]["kept_neurons"] == reports["old"]["kept_neurons"] == reports["f64"]["kept_neurons"]
+    with pytest.raises(SystemExit):
+        _cli(["prune", "--model", str(model), "--solve-dtype", "float16", "--out", str(tmp_path / "x")])

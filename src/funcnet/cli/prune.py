@@ -73,7 +73,7 @@ def _cmd_prune(args) -> int:
         compensation="none" if args.no_bias_compensation else args.compensation, ridge=args.ridge,
         max_covariance_bytes=int(args.max_covariance_gb * 2**30),
         allocation=args.allocation, protect=args.protect, seed=args.seed, networks=args.networks,
-        multiple_of=args.multiple_of, **kw,
+        multiple_of=args.multiple_of, layerwise=not args.no_layerwise, solve_dtype=args.solve_dtype, **kw,
     )
     core.pruned.save_pruned(res.lm, lm.tokenizer, out, res.report, overwrite=args.overwrite, format=args.format)
     for line in summary_lines(res.report):
@@ -94,6 +94,11 @@ def register_cli(sub) -> None:
                         "mean), ls (least-squares reconstruction from all kept neurons), ls-fn (from kept "
                         "members of the neuron's functional networks)")
     p.add_argument("--ridge", type=float, default=DEFAULT_RIDGE, help="ridge of ls / ls-fn, relative to variances")
+    p.add_argument("--no-layerwise", action="store_true",
+                   help="least squares the earlier way: every pruned layer's float64 covariance on the host, in chunks "
+                        "of --max-covariance-gb, one calibration pass per chunk (default: layer by layer, two passes)")
+    p.add_argument("--solve-dtype", choices=["float32", "float64"], default="float32",
+                   help="precision of the layer-by-layer least-squares solves (default float32)")
     p.add_argument("--max-covariance-gb", type=float, default=DEFAULT_MAX_COVARIANCE_BYTES / 2**30,
                    help="ls / ls-fn: memory for covariance statistics; above it layers are done in chunks")
     p.add_argument("--no-bias-compensation", action="store_true", help="= --compensation none")
