@@ -97,19 +97,33 @@ def _token_meta(tok) -> dict[str, np.ndarray]:
 
 #: the largest finite value of each 16-bit storage dtype
 _DTYPE_MAX = {"float16": 65504.0, "bfloat16": float(torch.finfo(torch.bfloat16).max)}
+#: below this |value| the cast cannot overflow (float16 rounds 65,504 <= |x| < 65,520 down to 65,504)
+_SAFE_BELOW = {"float16": 65520.0, "bfloat16": float(torch.finfo(torch.bfloat16).max)}
 
 
 class StoreOverflowError(FuncnetError):
     """Activations too large for the store's dtype (float16 stops at 65,504)."""
 
 
+def _below(t: torch.Tensor, limit: float) -> bool:
+    """True when every value of ``t`` is finite and below ``limit`` in magnitude (one pass, no copy;
+    False for NaN / inf, which the caller then checks element by element)."""
+    lo, hi = torch.aminmax(t)
+    return bool(max(-float(lo), float(hi)) < limit)
+
+
 def _to_storage(t: torch.Tensor, dtype: str, layer: int | None = None, signal: str | None = None) -> np.ndarray:
     """Rows in the storage dtype; a finite value that the cast to float16 / bfloat16 turns into an
     infinity is a :class:`StoreOverflowError` naming the layer, the signal and the largest value."""
-    t = t.detach().to("cpu")
-    if dtype in _DTYPE_MAX:
-        c = t.to(torch.bfloat16 if dtype == "bfloat16" else torch.float16)
-        if c.dtype != t.dtype and not bool(torch.isfinite(c).all()):
+    t = t.detach()
+    target = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(dtype)
+    # a cast to another 16-bit dtype is checked; the range check runs where the values are (on a GPU
+    # it costs nothing), before the copy to the host
+    safe = target is None or t.dtype == target or t.numel() == 0 or _below(t, _SAFE_BELOW[dtype])
+    t = t.to("cpu")
+    if target is not None:
+        c = t.to(target)
+        if not safe and not bool(torch.isfinite(c).all()):
             fin = torch.isfinite(t)
             if bool((fin & ~torch.isfinite(c)).any()):
                 top = float(t[fin].abs().max())
