@@ -994,3 +994,27 @@ def test_cli_prune_layer_by_layer_flags(tmp_path):
     assert reports["lw"]["kept_neurons"] == reports["old"]["kept_neurons"] == reports["f64"]["kept_neurons"]
     with pytest.raises(SystemExit):
         _cli(["prune", "--model", str(model), "--solve-dtype", "float16", "--out", str(tmp_path / "x")])
+
+
+@pytest.mark.parametrize("n_out", [3, 40])
+def test_solve_ls_update_matches_ridge_regression(n_out):
+    """The layer-by-layer solve (Jacobi-scaled Cholesky, no A formed when the outputs are fewer than the
+    removed neurons) equals W_R A and W_R c of the float64 ridge regression, in both branches."""
+    from funcnet.prune._linalg import _ridge_solve
+    from funcnet.prune.layerwise import solve_ls_update
+
+    g = torch.Generator().manual_seed(0)
+    n = 24
+    X = torch.randn(500, n, generator=g, dtype=torch.float64) @ torch.randn(n, n, generator=g, dtype=torch.float64)
+    X[:, 5] = 0.0  # a dead neuron
+    C = torch.cov(X.T, correction=0)
+    mean = X.mean(0)
+    W = torch.randn(n_out, n, generator=g, dtype=torch.float64)
+    keep = torch.tensor([i for i in range(n) if i % 3])
+    rem = torch.tensor([i for i in range(n) if i % 3 == 0])
+    A = _ridge_solve(C[keep][:, keep], C[rem][:, keep], 0.3)
+    want_w, want_b = W[:, rem] @ A, W[:, rem] @ (mean[rem] - A @ mean[keep])
+    for dt, tol in ((torch.float64, 1e-9), (torch.float32, 1e-4)):
+        dW, db = solve_ls_update(C.to(dt), mean, W.to(dt), keep, rem, 0.3, dtype=dt)
+        torch.testing.assert_close(dW, want_w, atol=tol * float(want_w.abs().max()), rtol=tol)
+        torch.testing.assert_close(db, want_b, atol=tol * float(want_b.abs().max()), rtol=tol)

@@ -261,17 +261,25 @@ def solve_ls_update(C: torch.Tensor, mean: torch.Tensor, W: torch.Tensor, keep: 
     M = Ckk / s[:, None] / s[None, :]  # a new tensor (scaled): M = S^-1 (C_KK + ridge D + floor) S^-1
     M.diagonal().copy_((ridge * d + floor + d) / (s * s))
     W_R = W.index_select(1, rt.to(W.device)).to(dev, dtype)
-    G = W_R @ C.index_select(0, rt).index_select(1, kt).to(dtype)  # W_R C_RK  [out, kept]
-    Gs = (G / s[None, :]).t()
+    C_RK = C.index_select(0, rt).index_select(1, kt).to(dtype)
     L, info = torch.linalg.cholesky_ex(M)
     if int(info) != 0 and dtype != torch.float64:
         log.info("float32 Cholesky failed (info %d): solving in float64", int(info))
         return solve_ls_update(C, mean, W, keep, rem, ridge, dtype=torch.float64)
-    if int(info) != 0:
-        Z = torch.linalg.lstsq(M, Gs).solution
+
+    def solve(B):  # M^-1 B
+        return torch.linalg.lstsq(M, B).solution if int(info) != 0 else torch.cholesky_solve(B, L)
+
+    # fewer right-hand sides: the removed neurons (A^T = S^-1 M^-1 S^-1 C_KR) or the outputs
+    # (W_R A = (W_R C_RK S^-1) M^-1 S^-1), whichever is smaller
+    if len(rem) <= W_R.shape[0]:
+        At = solve((C_RK / s[None, :]).t()) / s[:, None]  # [kept, removed] = A^T
+        Z = None
+        dW = (W_R @ At.t()).to(torch.float64)
     else:
-        Z = torch.cholesky_solve(Gs, L)
-    dW = (Z / s[:, None]).t().to(torch.float64)  # [out, kept] = W_R A
+        Z = solve(((W_R @ C_RK) / s[None, :]).t())
+    if Z is not None:
+        dW = (Z / s[:, None]).t().to(torch.float64)  # [out, kept] = W_R A
     mean = mean.to(dev, torch.float64)
     db = W_R.to(torch.float64) @ mean[rt] - dW @ mean[kt]  # W_R (mean_R - A mean_K)
     return dW, db
