@@ -24,7 +24,10 @@ from funcnet.networks.canica import (
     ICAConvergenceWarning,
     amari_distance,
     fastica,
+    ColumnBlocks,
+    estimate_fit_bytes,
     fit_many,
+    fit_seeds,
     initial_unmixing,
     match_maps,
     subspace_overlap,
@@ -389,17 +392,34 @@ def test_sklearn_style_params():
         est.set_params(n_comps=3)
 
 
-def test_group_rows_over_budget_are_recomputed_per_pass(monkeypatch):
-    """Group rows larger than the cache budget are not kept: each reduction pass re-reads the
-    (streamed) subjects, and the result is the same as with the rows cached."""
+def test_group_rows_over_budget_are_decomposed_once_and_cached_on_disk(monkeypatch, tmp_path):
+    """Group rows larger than the in-memory cache budget are written once to a float32 file and read
+    back at every randomized pass: the (streamed) subjects are read and decomposed twice in all
+    (statistics + one pass), not once per pass, and the result is identical to the in-memory cache.
+    Without room on the disk each pass re-reads and re-decomposes the subjects (same result)."""
     X, _, _, lengths = make_data(seed=21)
     X = X.astype(np.float32)
     cached_src = Chunks(X, lengths[0])
     cached = CanICA(n_components=6, n_init=2, reduction="randomized").fit(cached_src)
     monkeypatch.setattr(ica_mod, "_CACHE_BYTES", 0)
+    made = []
+    real_disk = ica_mod._DiskRows
+
+    def spy(*a, **kw):
+        made.append(real_disk(*a, **kw))
+        return made[-1]
+
+    monkeypatch.setattr(ica_mod, "_DiskRows", spy)
+    src = Chunks(X, lengths[0])
+    ondisk = CanICA(n_components=6, n_init=2, reduction="randomized", workdir=str(tmp_path)).fit(src)
+    assert cached_src.passes == 2 and src.passes == 2
+    assert len(made) == 1 and made[0].n_rows == sum(min(6, t) for t in lengths)
+    assert not list(tmp_path.iterdir())          # the row file is removed after the fit
+    np.testing.assert_array_equal(ondisk.components_, cached.components_)
+    monkeypatch.setattr(ica_mod, "_disk_has_room", lambda n, workdir=None: False)
     src = Chunks(X, lengths[0])
     streamed = CanICA(n_components=6, n_init=2, reduction="randomized").fit(src)
-    assert cached_src.passes == 2 and src.passes > 2     # stats + one materialized pass vs every pass
+    assert src.passes > 2     # stats + every reduction pass
     np.testing.assert_allclose(streamed.components_, cached.components_, atol=1e-4)
 
 
@@ -582,3 +602,153 @@ def test_refit_on_stream_drops_old_time_courses():
     est.fit(Chunks(X, lengths[0]))
     assert not hasattr(est, "time_courses_") and not hasattr(est, "mixing_")
     np.testing.assert_allclose(est.fit_transform(Chunks(X, lengths[0])), est.transform(X), atol=1e-4)
+
+
+# ------------------------------------------------------------------ column blocks, one reduction for several seeds
+def _wide(seed=40, T=120, N=900):
+    """Few tokens, many neurons (the fingerprint's shape): sparse maps mixed by time courses."""
+    X, S, _, _ = make_data(k=5, n_neurons=N, n_subjects=1, tokens=T, seed=seed)
+    return X.astype(np.float32), S
+
+
+@pytest.mark.parametrize("wide", [True, False])
+def test_column_blocks_equal_the_matrix_in_memory(wide):
+    """Fitting the neurons in blocks read one at a time (a layer each) gives the in-memory fit: the token
+    Gram matrix summed over blocks when neurons outnumber tokens, the blocks side by side otherwise."""
+    X, S = _wide(T=120, N=900) if wide else _wide(T=400, N=150)
+    cuts = [0, 300, 310, 700, 900] if wide else [0, 50, 150]
+    reads = []
+
+    def block(a, b):
+        reads.append((a, b))
+        return X[:, a:b]
+
+    params = dict(n_components=5, n_init=1, method="reference", standardize=True, dtype="float32")
+    ref = CanICA(**params).fit(X)
+    cols = ColumnBlocks([lambda a=a, b=b: block(a, b) for a, b in zip(cuts[:-1], cuts[1:])])
+    est = CanICA(**params).fit(cols)
+    assert est.components_.shape == ref.components_.shape and est.reduction_ == "exact"
+    np.testing.assert_allclose(est.subspace_.abs().numpy(), ref.subspace_.abs().numpy(), atol=1e-5)
+    np.testing.assert_allclose(est.components_, ref.components_, atol=2e-4)
+    np.testing.assert_allclose(est.explained_variance_, ref.explained_variance_, rtol=1e-4)
+    assert match_maps(standardized_truth(X, S), est.components_)[0] > 0.95
+    if wide:  # statistics, Gram matrix, projection: three reads of every block, one block at a time
+        assert len(reads) == 3 * (len(cuts) - 1)
+
+
+def test_column_blocks_bootstrap_and_errors():
+    X, _ = _wide(seed=41)
+    cols = ColumnBlocks([X[:, :400], X[:, 400:]])
+    est = CanICA(n_components=5, n_init=2, n_bootstrap=2, method="reference").fit(cols)
+    assert len(est.seeds_) == 4 and np.isfinite(est.stability_).all()
+    with pytest.raises(FuncnetError, match="method='reference'"):
+        CanICA(n_components=5).fit(cols)
+    with pytest.raises(FuncnetError, match="different token counts"):
+        CanICA(n_components=5, method="reference").fit(ColumnBlocks([X[:, :400], X[:-1, 400:]]))
+    with pytest.raises(FuncnetError, match="randomized"):
+        CanICA(n_components=5, method="reference", reduction="randomized").fit(cols)
+    bad = X.copy()
+    bad[3, 500] = np.nan
+    with pytest.raises(FuncnetError, match="neuron 500"):
+        CanICA(n_components=5, method="reference").fit(ColumnBlocks([bad[:, :400], bad[:, 400:]]))
+
+
+@pytest.mark.parametrize("reduction", ["exact", "randomized"])
+def test_fit_seeds_equals_one_fit_per_seed(reduction):
+    """fit_seeds reads and reduces the data once when the reduction does not depend on the seed, and
+    gives exactly the fits CanICA(random_state=s).fit would; a seeded (randomized) reduction is redone."""
+    X, _, _, lengths = make_data(seed=42)
+    src = Chunks(X.astype(np.float32), lengths[0])
+    params = dict(n_components=6, n_init=2, reduction=reduction)
+    ests = fit_seeds(src, [3, 1003, 2003], params)
+    assert src.passes == (2 if reduction == "exact" else 2 + 2)      # stats + rows (+ one per extra seed)
+    for est, s in zip(ests, [3, 1003, 2003]):
+        one = CanICA(**params, random_state=s).fit(Chunks(X.astype(np.float32), lengths[0]))
+        np.testing.assert_array_equal(est.components_, one.components_)
+        np.testing.assert_array_equal(est.stability_, one.stability_)
+
+
+# ------------------------------------------------------------------ sources dtype, ICASSO on the device
+def test_float32_sources_match_float64():
+    """The pooled FastICA sources in float32 (half the memory) give the float64 fit's maps to float32
+    rounding and the same ICASSO clusters and stability; "auto" switches to float32 only past 1 GiB of float64 sources."""
+    X, _, _, lengths = make_data(seed=43)
+    params = dict(n_components=6, n_init=6, random_state=5)
+    f64 = CanICA(**params, sources_dtype="float64").fit(split(X, lengths))
+    f32 = CanICA(**params, sources_dtype="float32").fit(split(X, lengths))
+    auto = CanICA(**params).fit(split(X, lengths))
+    np.testing.assert_array_equal(auto.components_, f64.components_)     # small: float64, as before
+    # the same clusters (a centrotype may be another run's copy of the same map: they tie to ~1e-8)
+    np.testing.assert_array_equal(f32.cluster_sizes_, f64.cluster_sizes_)
+    # |dz| <= 4e-4 here: FastICA's tolerance (1e-4), the spread between the runs' copies of a map
+    np.testing.assert_allclose(f32.components_, f64.components_, atol=1e-3)
+    np.testing.assert_allclose(f32.stability_, f64.stability_, atol=1e-6)
+    assert CanICA()._sources_dtype(torch.float64, 10, 64, 459_000) == torch.float32
+    assert CanICA()._sources_dtype(torch.float64, 10, 64, 46_000) == torch.float64
+    with pytest.raises(FuncnetError, match="sources_dtype"):
+        CanICA(n_components=6, sources_dtype="float16").fit(X)
+
+
+def test_icasso_correlations_from_float32_blocks():
+    """ICASSO's |r| matrix: the float64 maps as before (one host GEMM), float32 maps correlated in
+    float64 blocks of neurons without a float64 copy of them (what runs on the device)."""
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(12, 3000))
+    Z = (Z - Z.mean(1, keepdims=True)) / Z.std(1, keepdims=True)
+    ref = np.abs(Z @ Z.T) / Z.shape[1]
+    np.testing.assert_array_equal(ica_mod._abs_corr(torch.from_numpy(Z)), ref)
+    old = ica_mod._icasso.__globals__["_CORR_BLOCK"]
+    try:
+        ica_mod._icasso.__globals__["_CORR_BLOCK"] = 1000      # three blocks
+        C32 = ica_mod._abs_corr(torch.from_numpy(Z).float())
+    finally:
+        ica_mod._icasso.__globals__["_CORR_BLOCK"] = old
+    assert C32.dtype == np.float64
+    np.testing.assert_allclose(C32, ref, atol=1e-6)
+
+
+# ------------------------------------------------------------------ memory budget of parallel CPU fits
+def test_fit_estimate_grows_with_the_shapes():
+    p = dict(n_components=64, n_init=10)
+    small = estimate_fit_bytes(16_384, 1_536, p)
+    wide = estimate_fit_bytes(16_384, 14_336, p)
+    assert 0 < small < wide
+    assert estimate_fit_bytes(16_384, 14_336, {**p, "n_init": 20}) > wide
+    assert estimate_fit_bytes(16_384, 14_336, p, in_memory=True) > wide + 16_384 * 14_336 * 4 - 1
+    # 10 runs x 64 maps of 459k neurons: the float32 pooled sources (auto) are counted, not float64
+    whole = estimate_fit_bytes(16_384, 458_752, p, subject_tokens=128)
+    assert 10 * 64 * 458_752 * 4 < whole < 10 * 64 * 458_752 * 4 + (6 << 30)
+
+
+def test_concurrent_cpu_fits_are_bounded_by_the_memory_budget(monkeypatch):
+    """CPU fits run concurrently up to the cores, but only as many as the memory budget holds of the
+    largest fit's estimate (at least one); the budget bounds an explicit n_jobs too."""
+    assert ica_mod._cpu_jobs(8, [100] * 8, budget=250, cores=16) == 2
+    assert ica_mod._cpu_jobs(8, [100] * 8, budget=10_000, cores=16) == 8
+    assert ica_mod._cpu_jobs(3, [100] * 3, budget=10_000, cores=16) == 3
+    assert ica_mod._cpu_jobs(8, [100] * 8, budget=50, cores=16) == 1
+    assert ica_mod._cpu_jobs(8, [100, 300], budget=650, cores=16, n_jobs=4) == 2
+    assert ica_mod._cpu_jobs(8, None, budget=50, cores=4) == 4            # nothing known: the cores
+    import threading
+    import time
+
+    monkeypatch.setattr(ica_mod.os, "cpu_count", lambda: 8)
+    X, _, _, _ = make_data(n_neurons=200, n_subjects=2, tokens=40, seed=44)
+    lock, state = threading.Lock(), {"now": 0, "max": 0}
+
+    def load():
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        time.sleep(0.2)
+        with lock:
+            state["now"] -= 1
+        return X
+
+    params = dict(n_components=4, n_init=1)
+    per = estimate_fit_bytes(*X.shape, params)
+    fit_many([load] * 6, params, shapes=[X.shape] * 6, memory_budget=int(2.5 * per), progress=False)
+    assert state["max"] == 2
+    state["max"] = 0
+    fit_many([load] * 6, params, shapes=[X.shape] * 6, memory_budget=100 * per, progress=False)
+    assert state["max"] > 2

@@ -139,7 +139,7 @@ def _fastica_iterate(Xw: torch.Tensor, W0: torch.Tensor, fun: str, max_iter: int
 def fastica(X, n_components: int | None = None, fun: str = "cube", *, max_iter: int = 300, tol: float = 1e-4,
             random_state: int | None = 0, w_init=None, n_runs: int = 1, device="cpu",
             dtype: torch.dtype = torch.float64, mixed_precision: bool = False,
-            max_batch_elems: int = 64_000_000) -> FastICAResult:
+            max_batch_elems: int = 64_000_000, sources_dtype: torch.dtype | None = None) -> FastICAResult:
     """Parallel (symmetric) FastICA of ``X`` [samples, features] in torch, several runs batched.
 
     For spatial ICA of neurons, samples = neurons and features = the k reduced dimensions.
@@ -151,6 +151,8 @@ def fastica(X, n_components: int | None = None, fun: str = "cube", *, max_iter: 
     :func:`initial_unmixing` with the r-th seed derived from ``random_state`` (run 0 uses
     ``random_state`` itself). ``mixed_precision`` iterates in float32 and polishes runs that
     converged there in ``dtype`` (same fixed point, several times faster on CPU).
+    ``sources_dtype`` (default ``dtype``): the sources are computed in ``dtype`` one run at a
+    time and stored in this dtype (float32 halves the [runs, k, samples] result).
     Returns a :class:`FastICAResult`; ``sources[r]`` is [k, samples].
     """
     if fun not in ("cube", "logcosh"):
@@ -198,5 +200,10 @@ def fastica(X, n_components: int | None = None, fun: str = "cube", *, max_iter: 
         its.append(it)
         convs.append(c)
     W = torch.cat(Ws).to(dtype)
-    S = W @ Xw
+    if sources_dtype is None or sources_dtype == dtype:
+        S = W @ Xw
+    else:
+        S = torch.empty(W.shape[0], k, Xw.shape[1], dtype=sources_dtype, device=Xw.device)
+        for r in range(W.shape[0]):
+            S[r] = W[r] @ Xw
     return FastICAResult(S, W, K, mean, np.concatenate(its), np.concatenate(convs))

@@ -76,14 +76,37 @@ def amari_distance(W, A) -> float:
 
 
 # ============================================================================ ICASSO
-def _icasso(Z: np.ndarray, n_runs: int, k: int):
+_CORR_BLOCK = 1 << 16       # neurons per block when correlating float32 maps in float64
+
+
+def _abs_corr(Z) -> np.ndarray:
+    """|r| between the pooled z-scored maps Z [maps, n] (numpy or torch, any device): |Z Z^T| / n
+    as a float64 numpy matrix [maps, maps]. Only this small matrix leaves the device; float32 maps
+    are correlated in float64 blocks of neurons (no float64 copy of all maps)."""
+    if isinstance(Z, np.ndarray) or (Z.device.type == "cpu" and Z.dtype == torch.float64):
+        Zn = Z if isinstance(Z, np.ndarray) else Z.numpy()
+        return np.abs(Zn @ Zn.T) / Zn.shape[1]     # (as before: one float64 GEMM on the host)
+    n = Z.shape[1]
+    if Z.dtype == torch.float64:
+        C = Z @ Z.T
+    else:
+        C = torch.zeros(Z.shape[0], Z.shape[0], dtype=torch.float64, device=Z.device)
+        for s in range(0, n, _CORR_BLOCK):
+            b = Z[:, s:s + _CORR_BLOCK].double()
+            C += b @ b.T
+            del b
+    return (C.abs() / n).cpu().numpy()
+
+
+def _icasso(Z: np.ndarray | None, n_runs: int, k: int, C: np.ndarray | None = None):
     """Cluster the pooled z-scored maps Z [n_runs*k, n] into k clusters (average linkage on
-    1 - |r|). Returns centrotype indices, Iq, reproducibility, cluster sizes, labels."""
+    1 - |r|; ``C``: their |r| matrix from :func:`_abs_corr`, instead of Z). Returns centrotype
+    indices, Iq, reproducibility, cluster sizes, labels."""
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
 
-    nmaps, n = Z.shape
-    C = np.abs(Z @ Z.T) / n
+    if C is None:
+        C = _abs_corr(Z)
     np.fill_diagonal(C, 1.0)
     C = np.clip(C, 0.0, 1.0)
     D = 1.0 - C

@@ -5,6 +5,9 @@ randomized / MIGP (incremental) reductions."""
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -171,6 +174,13 @@ class _Stats:
 def _stats_pass(data: _Data, device) -> _Stats:
     """One streaming pass: per-neuron mean / std (Chan's merge in float64), NaN/inf census,
     subject lengths."""
+    n_tok, width, mean, m2, lengths, f64 = _moments(data, device)
+    return _finish_stats(n_tok, width, mean, m2, lengths, f64)
+
+
+def _moments(data: _Data, device, col_offset: int = 0):
+    """The streamed pass of :func:`_stats_pass`: (tokens, width, mean, m2, subject lengths, float64)
+    in float64 accumulators; NaN/inf are an error (``col_offset``: where these columns start)."""
     n = 0
     mean = m2 = None
     lengths: list[int] = []
@@ -221,13 +231,18 @@ def _stats_pass(data: _Data, device) -> _Stats:
         r, c = first_bad
         raise FuncnetError(
             f"activations contain {bad_total} NaN/inf values in {int(bad_cols.sum())} neuron(s) "
-            f"(first at token {r}, neuron {c}); clean or drop them before the ICA"
+            f"(first at token {r}, neuron {c + col_offset}); clean or drop them before the ICA"
         )
     n_tok = sum(lengths)
     if width == 0:   # (scikit-learn's wording)
         raise FuncnetError(f"empty input: 0 feature(s) (shape=({n_tok}, 0)) while a minimum of 1 is required.")
     if width is None or n_tok == 0:
         raise FuncnetError(f"empty input: {n_tok} tokens x {width or 0} neurons")
+    return n_tok, width, mean, m2, lengths, f64
+
+
+def _finish_stats(n_tok: int, width: int, mean, m2, lengths, f64) -> _Stats:
+    n = n_tok
     std = torch.sqrt(m2 / n)
     ref = torch.median(std)
     thr = _CONST_RTOL * float(ref) if float(ref) > 0 else 0.0
@@ -466,3 +481,166 @@ def _reduce_migp(producer: _RowsProducer, N: int, k: int, weights, m: int):
         raise FuncnetError("empty input: no rows left to reduce")
     S, Vt = _top_right(W, W.shape[0])
     return Vt[:k].T.double(), S.double() ** 2
+
+
+# ============================================================================ column blocks (few tokens, many neurons)
+class ColumnBlocks:
+    """The columns of one ``[tokens, neurons]`` matrix, given as blocks side by side (e.g. one per
+    layer), each read only when needed: what :class:`~funcnet.networks.CanICA` with
+    ``method="reference"`` fits when the tokens are few and the neurons many (a fingerprint's
+    probe texts over all layers of a large model). The fit holds one block at a time plus the
+    token x token Gram matrix and the [neurons, k] subspace; every block is read three times
+    (statistics, Gram matrix, projection).
+
+    ``blocks``: a sequence of 2-D arrays / tensors or of zero-argument callables returning them;
+    every block must have the same number of rows (tokens).
+    """
+
+    def __init__(self, blocks):
+        self.blocks = list(blocks)
+        if not self.blocks:
+            raise FuncnetError("ColumnBlocks needs at least one block")
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def iter_column_blocks(self) -> Iterator[Any]:
+        for b in self.blocks:
+            a = b() if callable(b) else b
+            _check_dense(a, "column block")
+            if not isinstance(a, torch.Tensor):
+                a = np.asarray(a)
+            _check_real(a)
+            if a.ndim != 2:
+                raise FuncnetError(f"column blocks must be 2-D [tokens, neurons] arrays, got shape {tuple(a.shape)}")
+            yield a
+
+
+def _column_stats(cols: ColumnBlocks, device) -> tuple[_Stats, list[int]]:
+    """:func:`_stats_pass` over column blocks (the constant-neuron rule uses the median std over all
+    of them); also returns the blocks' widths."""
+    means, m2s, widths = [], [], []
+    n_tok = f64 = None
+    off = 0
+    for a in cols.iter_column_blocks():
+        n, w, mean, m2, lengths, f = _moments(_Data(a), device, col_offset=off)
+        if n_tok is None:
+            n_tok, f64 = n, f
+        elif n != n_tok:
+            raise FuncnetError(f"column blocks have different token counts: {n_tok} and {n}")
+        means.append(mean)
+        m2s.append(m2)
+        widths.append(w)
+        off += w
+    return _finish_stats(n_tok, off, torch.cat(means), torch.cat(m2s), [n_tok], f64), widths
+
+
+def _column_rows(cols: ColumnBlocks, stats: _Stats, widths, cdtype, device, *, standardize, weights=None):
+    """Per block: (column slice, standardized rows [tokens kept, width]) in cdtype, as the
+    reference producer makes them (``weights``: per-token bootstrap multiplicities)."""
+    keep = (~stats.const).to(cdtype)
+    mean = stats.mean.to(cdtype)
+    scale = torch.where(stats.const, torch.ones_like(stats.std), stats.std).to(cdtype)
+    sel = sw = None
+    if weights is not None:
+        wt = torch.as_tensor(weights, device=device)
+        sel = wt > 0
+        sw = torch.sqrt(wt[sel].to(cdtype))[:, None]
+    off = 0
+    for a, w in zip(cols.iter_column_blocks(), widths):
+        cs = slice(off, off + w)
+        off += w
+        t = _to_tensor(a, cdtype, device)
+        if sel is not None:
+            t = t[sel]
+        t = t - mean[cs]          # one copy (the block may be the caller's), then in place
+        t.mul_(keep[cs])
+        if standardize:
+            t.div_(scale[cs])
+        if sw is not None:
+            t.mul_(sw)
+        yield cs, t
+
+
+def _reduce_dual_columns(cols: ColumnBlocks, stats: _Stats, widths, cdtype, device, k: int, *, standardize,
+                         weights=None):
+    """The exact reduction of the reference recipe through the token Gram matrix, streamed over
+    column blocks: K = sum_b M_b M_b^T (float64 accumulation), one eigh, then V_b = M_b^T U S^-1
+    block by block. The same subspace as ``_top_right`` of the concatenated rows (it computes the
+    same K and eigh) up to float rounding. Returns (V [N, k] float64, eigenvalues, rows, total ss)."""
+    K, ss, n_rows = None, 0.0, 0
+    for _, t in _column_rows(cols, stats, widths, cdtype, device, standardize=standardize, weights=weights):
+        g = (t @ t.T).double()
+        K = g if K is None else K.add_(g)
+        for r in range(0, int(t.shape[0]), 256):      # float64 sum of squares, no float64 copy of the block
+            ss += float((t[r:r + 256].double() ** 2).sum())
+        n_rows = int(t.shape[0])
+        del g, t
+    if K is None or n_rows == 0:
+        raise FuncnetError("empty input: no rows left to reduce")
+    # float32 data: float32 eigh of the token Gram matrix, as _top_right does
+    ev, U = _eigh(K.to(cdtype))
+    ev, U = ev.double().flip(0), U.double().flip(1)
+    s = torch.sqrt(torch.clamp(ev, min=0))
+    kk = min(k, int(s.numel()))
+    inv = torch.where(s[:kk] > 0, 1.0 / s[:kk], torch.zeros_like(s[:kk]))
+    Uk = U[:, :kk].T.to(cdtype)
+    V = torch.zeros(stats.n_features, kk, dtype=torch.float64, device=device)
+    for cs, t in _column_rows(cols, stats, widths, cdtype, device, standardize=standardize, weights=weights):
+        V[cs] = ((Uk @ t) * inv.to(cdtype)[:, None]).T.double()
+        del t
+    return V, s.to(cdtype).double() ** 2, n_rows, ss
+
+
+# ============================================================================ on-disk row cache
+class _DiskRows:
+    """The group rows of one reduction written once to a float32 file (float64 for float64 data)
+    and read back block by block, the blocks as they were produced (one per subject, at most k
+    rows, so the passes compute exactly what they compute on the rows in memory), at every later
+    pass: CanICA's per-document decompositions are computed once, however many passes the
+    randomized reduction makes, with memory bounded by one block. Re-iterable (``for b in rows``);
+    the file is removed by :meth:`close`."""
+
+    def __init__(self, blocks, n_features: int, cdtype, device, workdir=None):
+        self.n_features, self.cdtype, self.device = int(n_features), cdtype, device
+        self.np_dtype = np.float64 if cdtype == torch.float64 else np.float32
+        fd, self.path = tempfile.mkstemp(prefix="funcnet-rows-", suffix=".bin", dir=workdir)
+        self.n_rows = 0
+        self.sizes: list[int] = []
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for b in blocks:
+                    if b.dtype != cdtype:
+                        raise FuncnetError(f"row cache: got {b.dtype} rows, expected {cdtype}")
+                    f.write(b.detach().cpu().contiguous().numpy().tobytes())
+                    self.sizes.append(int(b.shape[0]))
+                    self.n_rows += int(b.shape[0])
+        except BaseException:
+            self.close()
+            raise
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        if self.n_rows == 0:
+            return
+        mm = np.memmap(self.path, dtype=self.np_dtype, mode="r", shape=(self.n_rows, self.n_features))
+        s = 0
+        for n in self.sizes:
+            yield torch.from_numpy(np.array(mm[s:s + n])).to(self.device)
+            s += n
+        del mm
+
+    def close(self) -> None:
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    def __del__(self):
+        self.close()
+
+
+def _disk_has_room(n_bytes: int, workdir=None) -> bool:
+    try:
+        return shutil.disk_usage(workdir or tempfile.gettempdir()).free > 1.1 * n_bytes + (1 << 30)
+    except OSError:
+        return False
