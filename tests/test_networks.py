@@ -8,7 +8,7 @@ from conftest import TEXTS, char_tokenizer, tiny_model
 from funcnet.prune import pruning_importance, pruning_keep_masks
 from funcnet.errors import FuncnetError
 from funcnet.core.models import as_loaded
-from funcnet.networks import Decomposition, FunctionalNetworks, decompose, iou, make_groups
+from funcnet.networks import Decomposition, FunctionalNetworks, decompose, estimate_fit_bytes, iou, make_groups
 from funcnet.data.record import collect, record
 
 
@@ -192,3 +192,92 @@ def test_store_documents_stream_as_subjects(store):
     assert sum(len(c) for c in chunks) == store.n_tokens
     assert stream.shape == srcs[0].shape
     assert all(np.array_equal(a, b) for a, b in zip(srcs[0].subjects(), chunks))
+
+
+# ----------------------------------------------------------------------------- device, memory budget, on-disk rows
+def test_network_finding_follows_the_models_device(lm, monkeypatch):
+    """networks_for_pruning runs the ICA where the model is unless told otherwise; a model that
+    accelerate spread over several GPUs gets "cuda" (the per-layer fits round-robin over them)."""
+    import funcnet.prune.network_scores as ns
+
+    seen = {}
+
+    def spy(store, **kw):
+        seen.update(kw)
+        return "nets"
+
+    monkeypatch.setattr(ns, "decompose", spy)
+    monkeypatch.setattr(ns, "ensure_store", lambda *a, **kw: "store")
+    texts = [t * 2 for t in TEXTS] * 2
+    assert ns.networks_for_pruning(lm, _corpus(texts), n_groups=2, group_size=4) == "nets"
+    assert seen["device"] == "cpu"
+    ns.networks_for_pruning(lm, _corpus(texts), n_groups=2, group_size=4, device="cuda:1")
+    assert seen["device"] == "cuda:1"
+
+    class Spread:
+        hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "lm_head": "cpu"}
+
+    class One:
+        hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "lm_head": 0}
+
+        def get_input_embeddings(self):
+            raise AttributeError
+
+        def parameters(self):
+            import torch
+            return iter([torch.nn.Parameter(torch.zeros(1))])
+
+    assert ns._ica_device(Spread()) == "cuda"
+    assert ns._ica_device(One()) == "cpu"     # its parameters' device (here a CPU stand-in)
+
+
+def _corpus(texts):
+    from funcnet.data.corpus import Corpus, Document
+
+    return Corpus("t", [Document(t, i, f"d{i}", "text") for i, t in enumerate(texts)])
+
+
+def test_decompose_honours_device_and_memory_budget(store, monkeypatch):
+    """decompose hands its device to every fit and bounds the concurrent CPU fits by its memory
+    budget, with each fit's bytes estimated from its (tokens, neurons) shape."""
+    import funcnet.networks.functional as fn
+
+    seen = {}
+    real = fn.fit_many
+
+    def spy(inputs, params, **kw):
+        seen.update(params=params, **kw)
+        return real(inputs, params, **kw)
+
+    monkeypatch.setattr(fn, "fit_many", spy)
+    decompose(store, mode="per-layer", n_components=4, n_init=1, progress=False, memory_budget=12345)
+    assert seen["params"]["device"] == "cpu" and seen["memory_budget"] == 12345
+    n_docs = len(store.document_ids())
+    want = estimate_fit_bytes(store.n_tokens, store.width(0), dict(n_components=4, n_init=1),
+                              subject_tokens=store.n_tokens // n_docs)
+    assert seen["fit_bytes"] == [want] * 3
+    assert estimate_fit_bytes(store.n_tokens, 2 * store.width(0), dict(n_components=4, n_init=1)) > want
+
+
+def test_whole_model_rows_past_the_memory_cache_are_decomposed_once(store, monkeypatch, tmp_path):
+    """Whole-model CanICA past its in-memory row cache: every document is read and decomposed once for
+    the reduction (the rows go to a float32 file in workdir, removed after), not once per randomized
+    pass, and the networks are the same as with the rows in memory."""
+    import funcnet.networks.canica as ica_mod
+    from funcnet.data.store import SubjectStream
+
+    passes = []
+    real = SubjectStream.iter_chunks
+
+    def counted(self):
+        passes.append(1)
+        return real(self)
+
+    monkeypatch.setattr(SubjectStream, "iter_chunks", counted)
+    kw = dict(mode="whole", n_components=5, n_init=2, reduction="randomized", progress=False)
+    ref = decompose(store, **kw)
+    monkeypatch.setattr(ica_mod, "_CACHE_BYTES", 0)
+    passes.clear()
+    disk = decompose(store, workdir=str(tmp_path), **kw)
+    assert len(passes) == 2 and not list(tmp_path.iterdir())      # statistics + one decomposition pass
+    np.testing.assert_array_equal(disk.decompositions[0].maps, ref.decompositions[0].maps)

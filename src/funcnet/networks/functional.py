@@ -28,7 +28,7 @@ from funcnet.core._io import cache_dir, sha256_text
 from funcnet.core.models import as_loaded, model_identity
 from funcnet.data.record import parse_layers, record
 from funcnet.data.store import ActivationStore
-from funcnet.networks.canica import fit_many
+from funcnet.networks.canica import estimate_fit_bytes, fit_many
 
 FORMAT = "funcnet-networks"
 FORMAT_VERSION = 1
@@ -419,6 +419,7 @@ def decompose(
     progress: bool = True,
     model_identity: str | None = None,
     neurons_per_layer: Sequence[int] | None = None,
+    memory_budget: int | None = None,
     **ica_params,
 ) -> FunctionalNetworks:
     """Decompose recorded activations into functional networks.
@@ -428,6 +429,11 @@ def decompose(
     fingerprints), or "window" (``window`` adjacent layers). Documents are split into ``n_groups``
     groups of ``group_size`` texts, each decomposed separately (the reference unions 80 x 40).
     With ``checkpoint`` (a folder), every finished group is saved and a re-run skips it.
+    ``device``: where the ICA runs ("cuda" with several GPUs: fits round-robin over them). On CPU
+    the fits run in parallel up to the cores and within ``memory_budget`` bytes (default: half the
+    memory available; each fit's bytes estimated from its shape, :func:`funcnet.networks.fit_many`).
+    ``workdir`` (an ICA parameter): where CanICA's on-disk row cache goes when a fit's group rows
+    pass its 1 GiB memory cache (whole-model ICA of large models).
     """
 
     store = source
@@ -479,9 +485,16 @@ def decompose(
                 return srcs[0]
             return np.concatenate([s.to_array() for s in srcs], axis=1)
 
+        # each fit's memory from its shape, so that the concurrent CPU fits stay within the budget
+        n_tok_g = int(np.isin(np.asarray(store.tokens["doc_ids"]), docs).sum()) if len(groups) > 1 else store.n_tokens
+        in_mem = method != "canica" and len(signals) > 1
+        fit_bytes = [estimate_fit_bytes(n_tok_g, len(cols), ica_kw, in_memory=in_mem,
+                                        subject_tokens=max(1, n_tok_g // max(1, len(docs))))
+                     for _, _, cols in jobs]
         ests = fit_many([functools.partial(load_input, j) for j in jobs],
                         {**ica_kw, "random_state": random_state + 1000 * g}, n_jobs=n_jobs, progress=show,
-                        desc=f"ICA {mode}" + (f" group {g + 1}/{len(groups)}" if len(groups) > 1 else ""))
+                        desc=f"ICA {mode}" + (f" group {g + 1}/{len(groups)}" if len(groups) > 1 else ""),
+                        memory_budget=memory_budget, fit_bytes=fit_bytes)
         results = [
             Decomposition(
                 maps=np.asarray(est.components_, dtype=np.float32), columns=cols,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from funcnet.core.loaded import input_device
 from funcnet.core.models import LoadedModel, as_loaded
 from funcnet.data.corpus import load_corpus, tokenize
 from funcnet.errors import FuncnetError
@@ -87,10 +88,13 @@ def pruning_keep_masks(networks: FunctionalNetworks, lm=None, *, threshold: floa
 
 def networks_for_pruning(lm, calib="builtin", *, n_groups: int = 4, group_size: int = 16, n_components: int = 64,
                          max_length: int = 128, method: str = "reference", n_init: int = 1, signals=("neurons",),
-                         store: str | None = None, seed: int = 0, progress: bool = True, **ica) -> FunctionalNetworks:
+                         store: str | None = None, seed: int = 0, progress: bool = True, device=None,
+                         **ica) -> FunctionalNetworks:
     """Per-layer functional networks of ``lm`` from ``n_groups`` groups of ``group_size`` calibration
     texts (the reference: 80 groups of 40 texts, k = 128, one ICA run per group and layer). Made
-    from ``lm`` itself (its identity is recorded), so they need no check against it."""
+    from ``lm`` itself (its identity is recorded), so they need no check against it. ``device``:
+    where the ICA runs; default: the model's (its input device; "cuda" when it is spread over
+    several GPUs, so the per-layer fits go round-robin over them)."""
 
     corpus = calib if hasattr(calib, "documents") else load_corpus(calib, split="calib")
     need = n_groups * group_size
@@ -102,7 +106,18 @@ def networks_for_pruning(lm, calib="builtin", *, n_groups: int = 4, group_size: 
     st = ensure_store(lm, tok, store=store, signals=list(signals))
     return decompose(st, mode="per-layer", n_components=n_components, n_groups=n_groups, group_size=group_size,
                      method=method, n_init=n_init, signals=list(signals), random_state=seed, progress=progress,
-                     model_identity=lm.identity, neurons_per_layer=lm.adapter.neurons_per_layer(lm.model), **ica)
+                     model_identity=lm.identity, neurons_per_layer=lm.adapter.neurons_per_layer(lm.model),
+                     device=_ica_device(lm.model) if device is None else str(device), **ica)
+
+
+def _ica_device(model) -> str:
+    """Where a model's network finding runs by default: its input device, or "cuda" (every GPU)
+    when accelerate spread it over several."""
+    devs = {str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()}
+    cuda = {d for d in devs if d not in ("cpu", "disk", "meta")}
+    if len(cuda) > 1:
+        return "cuda"
+    return str(input_device(model))
 
 
 def _fn_needs_stats(score: str | None = None, **_) -> bool:
