@@ -294,6 +294,9 @@ def compare(
     control: str = "word-identity",
     reference: Sequence[float] | None = None,
     statistic: str = DEFAULT_STATISTIC,
+    device=None,
+    in_memory: bool | None = None,
+    workdir: str | os.PathLike | None = None,
 ) -> FingerprintResult:
     """Compare a victim profile (a :class:`Profile` or a path) with a suspect model.
 
@@ -317,6 +320,9 @@ def compare(
     ``raw_score``: the score without the control. Verdict: derived if p_value < alpha,
     p_chance < alpha and score >= t_high; independent if score < t_low or either p >= alpha;
     inconclusive otherwise (always when p_value is None and the suspect is not independent).
+    ``device``, ``in_memory``, ``workdir``: how the suspect is profiled (:func:`profile`: where its
+    ICA runs, default the suspect's device; whether its recording stays in memory or streams
+    through a temporary store on disk).
     """
     t0 = time.perf_counter()
     stat_fn = get_statistic(statistic)
@@ -331,7 +337,8 @@ def compare(
         if kw["n_components"] is not None:
             kw["n_components"] = vp.params["n_components"]
         try:
-            sp = profile(suspect, vp.probes, tokenizer=tokenizer, **kw)
+            sp = profile(suspect, vp.probes, tokenizer=tokenizer, device=device, in_memory=in_memory,
+                         workdir=workdir, **kw)
         except FuncnetError as e:
             raise FuncnetError(f"suspect: {e}") from None
     else:

@@ -14,11 +14,14 @@ The comparison with a suspect is :func:`funcnet.fingerprint.compare`.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -29,11 +32,12 @@ import torch
 from funcnet._defaults import FINGERPRINT_SIGNALS
 from funcnet._version import __version__
 from funcnet.core._io import atomic_path
+from funcnet.core.loaded import input_device
 from funcnet.core.models import as_loaded
 from funcnet.data.corpus import Corpus, Document, tokenize
-from funcnet.data.record import collect
+from funcnet.data.record import collect, record
 from funcnet.errors import FuncnetError
-from funcnet.networks.canica import CanICA, ICAConvergenceWarning
+from funcnet.networks.canica import ColumnBlocks, ICAConvergenceWarning, fit_seeds
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +184,15 @@ def _standardizer(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mu, sd
 
 
-def _standardize(X: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
+def _standardize(X: np.ndarray, mu: np.ndarray, sd: np.ndarray, *, inplace: bool = False) -> np.ndarray:
     """(X - mu) / sd in float32, clipped to +-8: massive outlier activations (attention sinks) would
-    dominate the decomposition."""
-    Z = (np.asarray(X, dtype=np.float32) - mu) / sd
+    dominate the decomposition. ``inplace``: X is a float32 copy of one's own, overwritten."""
+    if inplace and isinstance(X, np.ndarray) and X.dtype == np.float32:
+        Z = X
+        Z -= mu
+    else:
+        Z = np.subtract(np.asarray(X, dtype=np.float32), mu, dtype=np.float32)
+    Z /= sd
     np.clip(Z, -8.0, 8.0, out=Z)
     return Z
 
@@ -197,32 +206,28 @@ def _standardize(X: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
 ICA_BACKEND = "canica"
 
 
-def _ica_maps(Z: np.ndarray, k: int, seeds: Sequence[int]) -> list[np.ndarray]:
+def _ica_maps(blocks: Sequence, k: int, seeds: Sequence[int], device="cpu") -> list[np.ndarray]:
     """One [k, F] array of z-scored spatial maps (heaviest tail positive) per seed, from
-    :class:`funcnet.ica.CanICA` (units are the samples: spatial ICA)."""
-    import warnings
-
-    out = []
-    data = Z
-    for s in seeds:
-        est = CanICA(n_components=k, n_init=1, fun="cube", method="reference", random_state=int(s),
-                     standardize=False, dtype=torch.float32)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ICAConvergenceWarning)
-            try:
-                est.fit(data)
-            except FuncnetError as e:
-                # float32 data: CanICA's reduction counts eigenvalues below 1e-5 x the largest as
-                # rank-deficient; a steep spectrum (small, barely trained models) hits that before k.
-                # Redo the reduction in float64 (tolerance 1e-10), as the private recipe did.
-                if "rank" not in str(e) or data.dtype == np.float64:
-                    raise
-                data = np.asarray(Z, dtype=np.float64)
-                est.fit(data)
-        if caught:
-            log.info("fingerprint ICA seed %s: %s", s, caught[0].message)
-        out.append(np.asarray(est.components_, dtype=np.float64))
-    return out
+    :class:`funcnet.networks.CanICA` (units are the samples: spatial ICA) on the standardized
+    activations given as column ``blocks`` (zero-argument callables, one per layer and signal,
+    returning float32 [tokens, units]): the blocks are read one at a time, the reduction is
+    computed once for all seeds (:func:`funcnet.networks.fit_seeds`), on ``device``."""
+    params = dict(n_components=k, n_init=1, fun="cube", method="reference", standardize=False,
+                  dtype=torch.float32, device=str(device))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ICAConvergenceWarning)
+        try:
+            ests = fit_seeds(ColumnBlocks(blocks), seeds, params)
+        except FuncnetError as e:
+            # float32 data: CanICA's reduction counts eigenvalues below 1e-5 x the largest as
+            # rank-deficient; a steep spectrum (small, barely trained models) hits that before k.
+            # Redo the reduction in float64 (tolerance 1e-10), as the private recipe did.
+            if "rank" not in str(e):
+                raise
+            ests = fit_seeds(ColumnBlocks([lambda f=f: np.asarray(f(), np.float64) for f in blocks]), seeds, params)
+    for w in caught[:1]:
+        log.info("fingerprint ICA: %s", w.message)
+    return [np.asarray(est.components_, dtype=np.float64) for est in ests]
 
 
 # =============================================================================== profile
@@ -379,8 +384,58 @@ def read_probes(path: str | os.PathLike) -> list[str]:
     return _check_probes(texts)
 
 
-def _record(lm, probes: list[str], signals: str, max_length: int):
-    """Token activations [T, F] of all layers, token spans, and per-probe token ranges."""
+#: recordings of all layers up to this size (float32) are kept in memory; larger ones go to a
+#: temporary activation store on disk and are read one layer at a time
+IN_MEMORY_BYTES = 256 << 20
+#: largest float32 activations of one recording batch (all layers; the recorder keeps a batch's
+#: layers until it writes them) when streaming to disk: fewer sequences per batch for large models
+BATCH_BYTES = 256 << 20
+
+
+class _Recording:
+    """Every layer's activations on the probes as float32 column blocks [tokens, width], one per
+    (layer, signal) in feature order (signals in order, then layers): in memory, or in a temporary
+    float32 activation store (removed by :meth:`close`). ``spans`` [T, 2] char spans of every
+    token, ``ranges`` {probe: (first token, end)}."""
+
+    def __init__(self, keys, widths, spans, ranges, arrays=None, store=None, tmp=None):
+        self.keys, self.widths, self.spans, self.ranges = keys, widths, spans, ranges
+        self.arrays, self.store, self._tmp = arrays, store, tmp
+
+    @property
+    def in_memory(self) -> bool:
+        return self.store is None
+
+    @property
+    def n_features(self) -> int:
+        return int(sum(self.widths))
+
+    @property
+    def columns(self) -> list[slice]:
+        off = np.concatenate([[0], np.cumsum(self.widths)])
+        return [slice(int(a), int(b)) for a, b in zip(off[:-1], off[1:])]
+
+    def block(self, i: int) -> np.ndarray:
+        l, s = self.keys[i]
+        if self.arrays is not None:
+            return self.arrays[(l, s)]
+        return self.store.layer_float(l, s)
+
+    def concatenated(self) -> np.ndarray:
+        return np.concatenate([self.block(i) for i in range(len(self.keys))], axis=1)
+
+    def close(self) -> None:
+        self.arrays = self.store = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def _record(lm, probes: list[str], signals: str, max_length: int, *, in_memory: bool | None = None,
+            workdir=None) -> _Recording:
+    """Activations of all layers on the probes, token spans, and per-probe token ranges: in memory
+    up to :data:`IN_MEMORY_BYTES` (``in_memory=None``), else streamed to a temporary float32 store
+    in ``workdir`` (default: the system's temp folder), one batch at a time."""
     corpus = Corpus("fingerprint-probes", [Document(t, i, f"probe:{i}", "text") for i, t in enumerate(probes)])
     if lm.tokenizer is None:
         raise FuncnetError("the model has no tokenizer: pass a LoadedModel or (model, tokenizer)")
@@ -393,23 +448,36 @@ def _record(lm, probes: list[str], signals: str, max_length: int):
     if missing:
         raise FuncnetError(f"probe {missing[0]} tokenizes to nothing (only special tokens) with this tokenizer")
     sig = {"residual": ("residual",), "neurons": ("neurons",), "both": ("residual", "neurons")}[signals]
-    try:
-        acts = collect(lm, tok, signals=sig, layers="all", batch_size=4, max_length=max_length)
-    except FuncnetError:
-        raise
-    except Exception as e:
-        raise FuncnetError(f"the model cannot run the probe texts: {type(e).__name__}: "
-                           f"{str(e).splitlines()[0][:160] if str(e) else ''}") from None
-    keys = sorted(acts, key=lambda k: (sig.index(k[1]), k[0]))
-    X = np.concatenate([acts[k] for k in keys], axis=1)
+    keys = [(l, s) for s in sig for l in range(lm.n_layers)]        # feature order: signal, then layer
+    widths = [int(lm.adapter.signal_width(lm.model, l, s)) for l, s in keys]
+    n_tok = sum(len(s.input_ids) for s in tok.sequences)
+    if in_memory is None:
+        in_memory = n_tok * sum(widths) * 4 <= IN_MEMORY_BYTES
     spans = np.concatenate([np.asarray(s.char_spans, np.int64).reshape(-1, 2) for s in tok.sequences])
     lengths = [len(s.input_ids) for s in tok.sequences]
     doc_of = [int(s.doc_ids[0]) for s in tok.sequences]
     bounds = np.concatenate([[0], np.cumsum(lengths)])
     ranges = {d: (int(bounds[i]), int(bounds[i + 1])) for i, d in enumerate(doc_of)}
-    if not np.isfinite(X).all():
-        raise FuncnetError("the model produced NaN or infinite activations on the probe texts")
-    return X, spans, ranges, [f"{l}:{s}" for l, s in keys]
+    tmp = None
+    try:
+        if in_memory:
+            arrays = collect(lm, tok, signals=sig, layers="all", batch_size=4, max_length=max_length)
+            return _Recording(keys, widths, spans, ranges, arrays=arrays)
+        # one batch of sequences holds every layer's activations until it is written: keep it bounded
+        batch = int(max(1, min(4, BATCH_BYTES // max(1, max(lengths) * sum(widths) * 4))))
+        tmp = tempfile.TemporaryDirectory(prefix="funcnet-fingerprint-", dir=workdir)
+        store = record(lm, tok, out=os.path.join(tmp.name, "store"), signals=sig, layers="all", batch_size=batch,
+                       max_length=max_length, dtype="float32", progress=False)
+        return _Recording(keys, widths, spans, ranges, store=store, tmp=tmp)
+    except FuncnetError:
+        if tmp is not None:
+            tmp.cleanup()
+        raise
+    except Exception as e:
+        if tmp is not None:
+            tmp.cleanup()
+        raise FuncnetError(f"the model cannot run the probe texts: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:160] if str(e) else ''}") from None
 
 
 def _threads_for_load() -> int:
@@ -445,6 +513,9 @@ def profile(
     units: str = "words",
     seed: int = 0,
     keep: dict | None = None,
+    device=None,
+    in_memory: bool | None = None,
+    workdir: str | os.PathLike | None = None,
 ) -> Profile:
     """Fingerprint profile of ``model`` (spec, LoadedModel, or HF model with ``tokenizer``).
 
@@ -453,7 +524,15 @@ def profile(
     spatial ICA for ``n_seeds`` seeds (k = ``n_components``, default 64 capped by the data), keeps
     the units with map z > ``threshold`` (sign-aware) as each network's key units, and stores every
     network's time course (signed mean of its key units per token) aggregated onto ``units``.
-    ``keep``: a dict that receives the raw recording (``X`` [tokens, units], token spans, ranges).
+
+    Memory: the activations are handled one layer (and signal) at a time. A recording of up to
+    :data:`IN_MEMORY_BYTES` stays in memory (float32, one copy); a larger one is streamed to a
+    temporary float32 activation store in ``workdir`` (default: the system's temp folder; it
+    needs tokens x units x 4 bytes of disk) and read back layer by layer (``in_memory`` forces
+    either). The ICA holds the token x token Gram matrix and the [units, k] subspace, not the
+    activations. ``device`` (default: the model's input device): where the ICA runs.
+    ``keep``: a dict that receives the raw recording (``X`` [tokens, units], token spans, ranges;
+    this puts all layers in memory at once).
     Runs with the torch threads the machine's load leaves free (:func:`_threads_for_load`).
     """
     saved = torch.get_num_threads()
@@ -462,15 +541,43 @@ def profile(
     try:
         prof = _profile(model, probes, tokenizer=tokenizer, signals=signals, n_components=n_components,
                         n_seeds=n_seeds, threshold=threshold, max_length=max_length, units=units, seed=seed,
-                        keep=keep)
+                        keep=keep, device=device, in_memory=in_memory, workdir=workdir)
     finally:
         torch.set_num_threads(saved)
     prof.meta["torch_threads"] = threads
     return prof
 
 
+class _Standardized:
+    """The probe recording's blocks z-scored per unit over the tokens that take part (``use``),
+    with each block's mean / sd computed once (float32, as :func:`_standardizer`)."""
+
+    def __init__(self, rec: _Recording, use: np.ndarray):
+        self.rec, self.use = rec, use
+        self.stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _stats(self, i: int, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if i not in self.stats:
+            if not np.isfinite(X).all():
+                raise FuncnetError("the model produced NaN or infinite activations on the probe texts")
+            self.stats[i] = _standardizer(X[self.use])
+        return self.stats[i]
+
+    def used(self, i: int) -> np.ndarray:
+        """Block i, standardized, rows of the tokens that take part (what the ICA decomposes)."""
+        X = self.rec.block(i)
+        mu, sd = self._stats(i, X)
+        return _standardize(X[self.use], mu, sd, inplace=True)     # X[use] is a copy
+
+    def all_tokens(self, i: int) -> np.ndarray:
+        """Block i, standardized with the same mean / sd, every token."""
+        X = self.rec.block(i)
+        mu, sd = self._stats(i, X)
+        return _standardize(X, mu, sd)
+
+
 def _profile(model, probes, *, tokenizer, signals, n_components, n_seeds, threshold, max_length, units, seed,
-             keep) -> Profile:
+             keep, device=None, in_memory=None, workdir=None) -> Profile:
     t0 = time.perf_counter()
     if signals not in SIGNAL_CHOICES:
         raise FuncnetError(f"unknown signals {signals!r}; choose residual, neurons or both")
@@ -478,21 +585,38 @@ def _profile(model, probes, *, tokenizer, signals, n_components, n_seeds, thresh
         raise FuncnetError(f"unknown units {units!r}; choose words or chars")
     if n_seeds < 1:
         raise FuncnetError("n_seeds must be at least 1")
+    if workdir is not None and not Path(workdir).is_dir():
+        raise FuncnetError(f"workdir {str(workdir)!r} is not a folder")
     probes = _check_probes(probes)
     lm = as_loaded(model, tokenizer)
-    X, tok_spans, ranges, feat_keys = _record(lm, probes, signals, max_length)
+    dev = torch.device(device) if device is not None else input_device(lm.model)
+    rec = _record(lm, probes, signals, max_length, in_memory=in_memory, workdir=workdir)
+    try:
+        return _profile_recording(lm, rec, probes, signals=signals, n_components=n_components, n_seeds=n_seeds,
+                                  threshold=threshold, max_length=max_length, units=units, seed=seed, keep=keep,
+                                  dev=dev, t0=t0)
+    finally:
+        rec.close()
+
+
+def _profile_recording(lm, rec: _Recording, probes, *, signals, n_components, n_seeds, threshold, max_length,
+                       units, seed, keep, dev, t0) -> Profile:
+    tok_spans, ranges = rec.spans, rec.ranges
+    feat_keys = [f"{l}:{s}" for l, s in rec.keys]
     if keep is not None:  # hand the raw recording to the caller (baselines in the benchmark)
+        X = rec.concatenated()
+        if not np.isfinite(X).all():
+            raise FuncnetError("the model produced NaN or infinite activations on the probe texts")
         keep.update(X=X, token_spans=tok_spans, ranges=ranges, features=feat_keys)
+        del X
     # tokens that take part: not special (empty span), not the first token of a probe (attention sink)
     use = tok_spans[:, 1] > tok_spans[:, 0]
     for a, b in ranges.values():
         nz = np.nonzero(use[a:b])[0]
         if len(nz) > 1:
             use[a + nz[0]] = False
-    Xf = np.asarray(X, np.float32)
-    mu, sd = _standardizer(Xf[use])
-    Z = _standardize(Xf[use], mu, sd)
-    n_tok, n_feat = Z.shape
+    std = _Standardized(rec, use)
+    n_tok, n_feat = int(use.sum()), rec.n_features
     cap = _max_components(n_tok, n_feat)
     if n_components is None:
         k = min(64, cap)
@@ -507,10 +631,10 @@ def _profile(model, probes, *, tokenizer, signals, n_components, n_seeds, thresh
             raise FuncnetError(f"too few tokens/units for {k} networks: {n_tok} tokens x {n_feat} units allow "
                                f"at most {cap} (use fewer networks or more/longer probes)")
     seeds = [seed + 1000 * i for i in range(n_seeds)]
+    n_blocks = len(rec.keys)
     t1 = time.perf_counter()
-    maps = _ica_maps(Z, k, seeds)
+    maps = _ica_maps([functools.partial(std.used, i) for i in range(n_blocks)], k, seeds, dev)
     t2 = time.perf_counter()
-    # standardized activations of all tokens (incl. the excluded ones, with the same mean/sd)
     all_spans = []
     unit_offsets = [0]
     per_probe_units = []
@@ -519,11 +643,12 @@ def _profile(model, probes, *, tokenizer, signals, n_components, n_seeds, thresh
         per_probe_units.append(sp)
         all_spans.append(sp)
         unit_offsets.append(unit_offsets[-1] + len(sp))
-    tc = np.full((n_seeds, k, unit_offsets[-1]), np.nan, dtype=np.float32)
+    # key units and their weights (sign / count) for every seed's networks: [units, seeds x k]
     key_units: list[list[np.ndarray]] = []
     min_units = 3
+    weights = np.zeros((n_feat, n_seeds * k), dtype=np.float32)
     for s, M in enumerate(maps):
-        keys_s, weights = [], np.zeros((n_feat, k), dtype=np.float32)
+        keys_s = []
         for j in range(k):
             m = M[j]
             idx = np.nonzero(np.abs(m) > threshold)[0]
@@ -531,16 +656,32 @@ def _profile(model, probes, *, tokenizer, signals, n_components, n_seeds, thresh
                 idx = np.argsort(-np.abs(m))[:min_units]
             idx = np.sort(idx)
             keys_s.append(idx.astype(np.int64))
-            weights[idx, j] = np.sign(m[idx]) / len(idx)
+            weights[idx, s * k + j] = np.sign(m[idx]) / len(idx)
         key_units.append(keys_s)
-        for p in range(len(probes)):
-            a, b = ranges[p]
-            Zp = _standardize(Xf[a:b], mu, sd)
-            tok_tc = (torch.from_numpy(Zp) @ torch.from_numpy(weights)).numpy()  # [T_p, k]
-            ok = use[a:b]
-            spans_p = tok_spans[a:b].copy()
-            spans_p[~ok] = 0  # excluded tokens do not cover any unit
-            tc[s, :, unit_offsets[p]:unit_offsets[p + 1]] = tokens_to_units(tok_tc, spans_p, per_probe_units[p]).T
+    del maps
+    # token time courses: the standardized activations of all tokens (incl. the excluded ones, with
+    # the same mean / sd) times the weights, summed block by block
+    n_all = len(tok_spans)
+    tok_tc = torch.zeros(n_all, n_seeds * k, dtype=torch.float64, device=dev)
+    for i, cs in enumerate(rec.columns):
+        W = weights[cs]
+        nz = np.flatnonzero(W.any(axis=1))
+        if len(nz) == 0:
+            continue
+        Zb = std.all_tokens(i)
+        tok_tc += (torch.from_numpy(np.ascontiguousarray(Zb[:, nz])).to(dev)
+                   @ torch.from_numpy(W[nz]).to(dev)).double()
+        del Zb
+    tok_tc = tok_tc.float().cpu().numpy()
+    tc = np.full((n_seeds, k, unit_offsets[-1]), np.nan, dtype=np.float32)
+    for p in range(len(probes)):
+        a, b = ranges[p]
+        ok = use[a:b]
+        spans_p = tok_spans[a:b].copy()
+        spans_p[~ok] = 0  # excluded tokens do not cover any unit
+        for s in range(n_seeds):
+            tc[s, :, unit_offsets[p]:unit_offsets[p + 1]] = tokens_to_units(
+                tok_tc[a:b, s * k:(s + 1) * k], spans_p, per_probe_units[p]).T
     tok_name = str(getattr(lm.tokenizer, "name_or_path", "") or type(lm.tokenizer).__name__)
     cfg = lm.model.config
     model_info = {
@@ -553,6 +694,7 @@ def _profile(model, probes, *, tokenizer, signals, n_components, n_seeds, thresh
     meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "n_tokens": int(n_tok),
             "n_probe_tokens": {str(p): int(b - a) for p, (a, b) in ranges.items()},
             "key_unit_counts": [[int(len(i)) for i in ks] for ks in key_units],
+            "recording": "memory" if rec.in_memory else "disk", "ica_device": str(dev),
             "timing_s": {"record": round(t1 - t0, 3), "ica": round(t2 - t1, 3),
                          "total": round(time.perf_counter() - t0, 3)}}
     return Profile(probes=list(probes), timecourses=tc, unit_offsets=np.asarray(unit_offsets, np.int64),
