@@ -206,25 +206,28 @@ def _standardize(X: np.ndarray, mu: np.ndarray, sd: np.ndarray, *, inplace: bool
 ICA_BACKEND = "canica"
 
 
-def _ica_maps(blocks: Sequence, k: int, seeds: Sequence[int], device="cpu") -> list[np.ndarray]:
+def _ica_maps(Z, k: int, seeds: Sequence[int], device="cpu") -> list[np.ndarray]:
     """One [k, F] array of z-scored spatial maps (heaviest tail positive) per seed, from
     :class:`funcnet.networks.CanICA` (units are the samples: spatial ICA) on the standardized
-    activations given as column ``blocks`` (zero-argument callables, one per layer and signal,
-    returning float32 [tokens, units]): the blocks are read one at a time, the reduction is
-    computed once for all seeds (:func:`funcnet.networks.fit_seeds`), on ``device``."""
+    activations ``Z``: a float32 [tokens, units] array, or column blocks (zero-argument callables,
+    one per layer and signal, returning float32 [tokens, width]) read one at a time. The
+    reduction is computed once for all seeds (:func:`funcnet.networks.fit_seeds`), on ``device``."""
     params = dict(n_components=k, n_init=1, fun="cube", method="reference", standardize=False,
                   dtype=torch.float32, device=str(device))
+    blocks = not isinstance(Z, np.ndarray)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ICAConvergenceWarning)
         try:
-            ests = fit_seeds(ColumnBlocks(blocks), seeds, params)
+            ests = fit_seeds(ColumnBlocks(Z) if blocks else Z, seeds, params)
         except FuncnetError as e:
             # float32 data: CanICA's reduction counts eigenvalues below 1e-5 x the largest as
             # rank-deficient; a steep spectrum (small, barely trained models) hits that before k.
             # Redo the reduction in float64 (tolerance 1e-10), as the private recipe did.
             if "rank" not in str(e):
                 raise
-            ests = fit_seeds(ColumnBlocks([lambda f=f: np.asarray(f(), np.float64) for f in blocks]), seeds, params)
+            Z64 = (ColumnBlocks([lambda f=f: np.asarray(f(), np.float64) for f in Z]) if blocks
+                   else np.asarray(Z, dtype=np.float64))
+            ests = fit_seeds(Z64, seeds, params)
     for w in caught[:1]:
         log.info("fingerprint ICA: %s", w.message)
     return [np.asarray(est.components_, dtype=np.float64) for est in ests]
@@ -599,6 +602,14 @@ def _profile(model, probes, *, tokenizer, signals, n_components, n_seeds, thresh
         rec.close()
 
 
+def _probe_courses(tc, s, p, tok_tc, tok_spans, use, ranges, unit_offsets, per_probe_units) -> None:
+    """Word-level time courses of seed s on probe p from its token time courses [T_p, k]."""
+    a, b = ranges[p]
+    spans_p = tok_spans[a:b].copy()
+    spans_p[~use[a:b]] = 0  # excluded tokens do not cover any unit
+    tc[s, :, unit_offsets[p]:unit_offsets[p + 1]] = tokens_to_units(tok_tc, spans_p, per_probe_units[p]).T
+
+
 def _profile_recording(lm, rec: _Recording, probes, *, signals, n_components, n_seeds, threshold, max_length,
                        units, seed, keep, dev, t0) -> Profile:
     tok_spans, ranges = rec.spans, rec.ranges
@@ -631,9 +642,19 @@ def _profile_recording(lm, rec: _Recording, probes, *, signals, n_components, n_
             raise FuncnetError(f"too few tokens/units for {k} networks: {n_tok} tokens x {n_feat} units allow "
                                f"at most {cap} (use fewer networks or more/longer probes)")
     seeds = [seed + 1000 * i for i in range(n_seeds)]
-    n_blocks = len(rec.keys)
     t1 = time.perf_counter()
-    maps = _ica_maps([functools.partial(std.used, i) for i in range(n_blocks)], k, seeds, dev)
+    if rec.in_memory:
+        # a small recording: all layers side by side, the computation of the all-in-RAM profile
+        # (bit for bit; the ICA's reduction is shared by the seeds), peak a few times the recording
+        Xf = rec.concatenated()
+        rec.arrays = None
+        if not np.isfinite(Xf).all():
+            raise FuncnetError("the model produced NaN or infinite activations on the probe texts")
+        mu, sd = _standardizer(Xf[use])
+        maps = _ica_maps(_standardize(Xf[use], mu, sd, inplace=True), k, seeds, dev)
+    else:
+        # streamed: one layer (and signal) at a time from the temporary store
+        maps = _ica_maps([functools.partial(std.used, i) for i in range(len(rec.keys))], k, seeds, dev)
     t2 = time.perf_counter()
     all_spans = []
     unit_offsets = [0]
@@ -660,28 +681,34 @@ def _profile_recording(lm, rec: _Recording, probes, *, signals, n_components, n_
         key_units.append(keys_s)
     del maps
     # token time courses: the standardized activations of all tokens (incl. the excluded ones, with
-    # the same mean / sd) times the weights, summed block by block
-    n_all = len(tok_spans)
-    tok_tc = torch.zeros(n_all, n_seeds * k, dtype=torch.float64, device=dev)
-    for i, cs in enumerate(rec.columns):
-        W = weights[cs]
-        nz = np.flatnonzero(W.any(axis=1))
-        if len(nz) == 0:
-            continue
-        Zb = std.all_tokens(i)
-        tok_tc += (torch.from_numpy(np.ascontiguousarray(Zb[:, nz])).to(dev)
-                   @ torch.from_numpy(W[nz]).to(dev)).double()
-        del Zb
-    tok_tc = tok_tc.float().cpu().numpy()
+    # the same mean / sd) times the weights
     tc = np.full((n_seeds, k, unit_offsets[-1]), np.nan, dtype=np.float32)
-    for p in range(len(probes)):
-        a, b = ranges[p]
-        ok = use[a:b]
-        spans_p = tok_spans[a:b].copy()
-        spans_p[~ok] = 0  # excluded tokens do not cover any unit
+    if rec.in_memory:   # per seed and probe, as the all-in-RAM profile did
         for s in range(n_seeds):
-            tc[s, :, unit_offsets[p]:unit_offsets[p + 1]] = tokens_to_units(
-                tok_tc[a:b, s * k:(s + 1) * k], spans_p, per_probe_units[p]).T
+            W = np.ascontiguousarray(weights[:, s * k:(s + 1) * k])
+            for p in range(len(probes)):
+                a, b = ranges[p]
+                Zp = _standardize(Xf[a:b], mu, sd)
+                tok_tc = (torch.from_numpy(Zp) @ torch.from_numpy(W)).numpy()  # [T_p, k]
+                _probe_courses(tc, s, p, tok_tc, tok_spans, use, ranges, unit_offsets, per_probe_units)
+        del Xf
+    else:               # block by block, summed in float64 (on the ICA's device)
+        tok_tc = torch.zeros(len(tok_spans), n_seeds * k, dtype=torch.float64, device=dev)
+        for i, cs in enumerate(rec.columns):
+            W = weights[cs]
+            nz = np.flatnonzero(W.any(axis=1))
+            if len(nz) == 0:
+                continue
+            Zb = std.all_tokens(i)
+            tok_tc += (torch.from_numpy(np.ascontiguousarray(Zb[:, nz])).to(dev)
+                       @ torch.from_numpy(W[nz]).to(dev)).double()
+            del Zb
+        tok_tc = tok_tc.float().cpu().numpy()
+        for s in range(n_seeds):
+            for p in range(len(probes)):
+                a, b = ranges[p]
+                _probe_courses(tc, s, p, tok_tc[a:b, s * k:(s + 1) * k], tok_spans, use, ranges, unit_offsets,
+                               per_probe_units)
     tok_name = str(getattr(lm.tokenizer, "name_or_path", "") or type(lm.tokenizer).__name__)
     cfg = lm.model.config
     model_info = {
