@@ -434,7 +434,7 @@ def test_importance_formulas():
     r3 = P.compute_importance("random", lm, seed=4)
     np.testing.assert_array_equal(r1.neurons[0], r2.neurons[0])
     assert not np.array_equal(r1.neurons[0], r3.neurons[0])
-    assert set(P.METHODS) == {"random", "magnitude", "wanda-sp", "flap", "fn", "fn-threshold"}
+    assert set(P.METHODS) == {"random", "magnitude", "wanda-sp", "flap", "fn", "fn-threshold", "obs", "fn-obs"}
     with pytest.raises(FuncnetError):
         P.compute_importance("nope", lm, st)
     with pytest.raises(FuncnetError):
@@ -553,7 +553,7 @@ MATRIX_CAL = dict(calib_tokens=96, max_length=32, batch_size=4)
 MATRIX_TEXTS = TEXTS * 2
 FN_CASES = [None, "max_abs_z", "max_pos_z", "frequency", "fn-flap", "fn-flap-freq", "fn-wanda", "fn-cond"]
 METHOD_CASES = ([("random", None), ("magnitude", None), ("wanda-sp", None), ("flap", None), ("flap", "cond")]
-                + [("fn", s) for s in FN_CASES] + [("fn-threshold", None)])
+                + [("fn", s) for s in FN_CASES] + [("fn-threshold", None), ("obs", None), ("fn-obs", None)])
 
 
 @pytest.fixture(scope="module")
@@ -573,15 +573,16 @@ def _prune_copy(model, ratio, **kw):
 
 
 def test_registry_records_and_derived_tables():
-    assert set(P.METHODS) == {"random", "magnitude", "wanda-sp", "flap", "fn", "fn-threshold"}
+    assert set(P.METHODS) == {"random", "magnitude", "wanda-sp", "flap", "fn", "fn-threshold", "obs", "fn-obs"}
     assert {m for m, _ in METHOD_CASES} == set(P.METHODS)  # the matrix below covers every method
     for name, score in P.METHODS.items():
         rec = P.get_method(name)
         assert rec.name == name and rec.score is score and P.get_method(score) is rec and rec.description
     assert P.METHODS["flap"] is P.imp_flap and P.METHODS.get("nope") is None
-    assert set(P.NEEDS_CALIB) == {"wanda-sp", "flap"} and "fn" not in P.NEEDS_CALIB
+    assert set(P.NEEDS_CALIB) == {"wanda-sp", "flap", "obs", "fn-obs"} and "fn" not in P.NEEDS_CALIB
     assert dict(P.DEFAULT_ALLOCATION) == {"flap": "global", "fn": "global", "wanda-sp": "uniform",
-                                          "magnitude": "uniform", "random": "uniform", "fn-threshold": "global"}
+                                          "magnitude": "uniform", "random": "uniform", "fn-threshold": "global",
+                                          "obs": "global-raw", "fn-obs": "global-raw"}
     fn = P.get_method("fn")
     assert [s for s in FN_CASES if fn.stats_needed(score=s)] == [None, "fn-flap", "fn-flap-freq", "fn-wanda",
                                                                  "fn-cond"]

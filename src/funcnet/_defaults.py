@@ -13,7 +13,7 @@ NETWORK_MODES = ("per-layer", "whole", "window")
 
 #: pruning: ratio denominators, allocations, compensations and their defaults
 DENOMINATORS = ("mlp", "attn+mlp", "all")
-ALLOCATIONS = ("global", "uniform")
+ALLOCATIONS = ("global", "uniform", "global-raw")
 COMPENSATIONS = ("none", "bias", "ls", "ls-fn")
 #: least-squares compensation had the lowest perplexity with every ranking method on held-out
 #: calibration text (docs/pruning.md)
@@ -29,7 +29,7 @@ SAVE_FORMATS = ("funcnet", "native", "auto")
 #: rows of 32; the Python API's default is 1, exact widths)
 CLI_MULTIPLE_OF = 32
 #: the pruning methods funcnet ships (``funcnet.prune.register_method`` adds more in Python)
-BUILTIN_PRUNING_METHODS = ("random", "magnitude", "wanda-sp", "flap", "fn", "fn-threshold")
+BUILTIN_PRUNING_METHODS = ("random", "magnitude", "wanda-sp", "flap", "fn", "fn-threshold", "obs", "fn-obs")
 
 #: fingerprints: signals a profile records, and the significance level of the verdict
 FINGERPRINT_SIGNALS = ("residual", "neurons", "both")

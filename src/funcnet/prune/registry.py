@@ -20,6 +20,7 @@ from funcnet.prune.network_scores import (
     imp_fn,
     imp_fn_threshold,
 )
+from funcnet.prune.obs import imp_fn_obs, imp_obs
 from funcnet.prune.scores import (
     Importance,
     _as_importance,
@@ -201,6 +202,13 @@ register_method("fn", imp_fn, needs_stats=_fn_needs_stats, needs_covariance=_fn_
 register_method("fn-threshold", imp_fn_threshold, needs_networks=True, exact_ratio=False,
                 description="the reference rule: keep the key neurons of the functional networks "
                             "(the ratio is an outcome)")
+register_method("obs", imp_obs, needs_stats=True, needs_covariance=True, default_allocation="global-raw",
+                description="reconstruction-aware greedy (SlimGPT's batched OBS): the error the kept neurons "
+                            "cannot reconstruct, per parameter, ranked across layers")
+register_method("fn-obs", imp_fn_obs, needs_stats=True, needs_covariance=True, needs_networks=True,
+                default_allocation="global-raw",
+                description="obs with the functional networks in the greedy (design='prior': key neurons "
+                            "protected by 1 + beta max|z|/T; 'group': a network's key neurons go together)")
 
 
 def compute_importance(method: str | Callable, lm, stats: CalibStats | None = None, *, seed: int = 0,

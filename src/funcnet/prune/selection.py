@@ -1,5 +1,6 @@
-"""Exact-ratio selection: which neurons (and key/value groups) to keep, globally ranked or uniform
-per layer, counting the bias parameters compensation adds."""
+"""Exact-ratio selection: which neurons (and key/value groups) to keep, globally ranked (scores
+standardized per layer, or as they are: ``global-raw``) or uniform per layer, counting the bias
+parameters compensation adds."""
 from __future__ import annotations
 
 import math
@@ -162,16 +163,19 @@ def select(
     removed_n = {i: np.zeros(0, dtype=np.int64) for i in range(n)}
     removed_g: dict[int, list[int]] = {i: [] for i in range(n)}
 
-    if allocation == "global":
+    if allocation in ("global", "global-raw"):
+        # global: scores standardized per layer, ranked together (FLAP); global-raw: ranked as they
+        # are (scores already comparable across layers, e.g. obs's error per parameter)
+        std = _standardize if allocation == "global" else (lambda x: np.asarray(x, dtype=np.float64))
         items = []  # (score, kind, layer, index, cost)
         for i in free:
             s = np.asarray(importance.neurons[i], dtype=np.float64)
-            z = _standardize(s)
+            z = std(s)
             order = np.argsort(s, kind="stable")[:-1]  # never the best neuron
             items += [(float(z[j]), 0, i, int(j), ppn[i]) for j in order]
             if heads:
                 hsc = np.asarray(importance.heads[i], dtype=np.float64)
-                hz = _standardize(hsc)
+                hz = std(hsc)
                 for g in np.argsort(hsc, kind="stable")[:-1]:
                     items.append((float(hz[g]), 1, i, int(g), gcost[i]))
         items.sort(key=lambda t: (t[0], t[1], t[2], t[3]))
