@@ -230,7 +230,9 @@ def _ica_maps(Z, k: int, seeds: Sequence[int], device="cpu") -> list[np.ndarray]
             ests = fit_seeds(Z64, seeds, params)
     for w in caught[:1]:
         log.info("fingerprint ICA: %s", w.message)
-    return [np.asarray(est.components_, dtype=np.float64) for est in ests]
+    maps = [np.asarray(est.components_, dtype=np.float64) for est in ests]
+    del ests        # their [units, k] subspaces and projectors
+    return maps
 
 
 # =============================================================================== profile
@@ -387,9 +389,10 @@ def read_probes(path: str | os.PathLike) -> list[str]:
     return _check_probes(texts)
 
 
-#: recordings of all layers up to this size (float32) are kept in memory; larger ones go to a
-#: temporary activation store on disk and are read one layer at a time
-IN_MEMORY_BYTES = 256 << 20
+#: recordings of all layers up to this size (float32) are profiled in memory, all layers side by side
+#: (as before streaming existed, bit for bit); larger ones go to a temporary activation store on
+#: disk and are read one layer at a time
+IN_MEMORY_BYTES = 128 << 20
 #: largest float32 activations of one recording batch (all layers; the recorder keeps a batch's
 #: layers until it writes them) when streaming to disk: fewer sequences per batch for large models
 BATCH_BYTES = 256 << 20
@@ -528,12 +531,15 @@ def profile(
     the units with map z > ``threshold`` (sign-aware) as each network's key units, and stores every
     network's time course (signed mean of its key units per token) aggregated onto ``units``.
 
-    Memory: the activations are handled one layer (and signal) at a time. A recording of up to
-    :data:`IN_MEMORY_BYTES` stays in memory (float32, one copy); a larger one is streamed to a
-    temporary float32 activation store in ``workdir`` (default: the system's temp folder; it
-    needs tokens x units x 4 bytes of disk) and read back layer by layer (``in_memory`` forces
-    either). The ICA holds the token x token Gram matrix and the [units, k] subspace, not the
-    activations. ``device`` (default: the model's input device): where the ICA runs.
+    Memory: a recording (tokens x units x 4 bytes) of up to :data:`IN_MEMORY_BYTES` (128 MiB) is
+    profiled in memory, all layers side by side, exactly as before streaming existed (peak a few
+    times the recording). A larger one is streamed to a temporary float32 activation store in
+    ``workdir`` (default: the system's temp folder; tokens x units x 4 bytes of disk) and handled
+    one layer (and signal) at a time: the ICA holds one layer's block, the token x token Gram
+    matrix and the [units, k] subspace, so memory does not grow with the layers beyond that
+    subspace and the maps (``in_memory`` True / False forces either path; the two agree to
+    FastICA's tolerance, docs/fingerprint.md). ``device`` (default: the model's input device):
+    where the ICA runs.
     ``keep``: a dict that receives the raw recording (``X`` [tokens, units], token spans, ranges;
     this puts all layers in memory at once).
     Runs with the torch threads the machine's load leaves free (:func:`_threads_for_load`).
@@ -664,12 +670,13 @@ def _profile_recording(lm, rec: _Recording, probes, *, signals, n_components, n_
         per_probe_units.append(sp)
         all_spans.append(sp)
         unit_offsets.append(unit_offsets[-1] + len(sp))
-    # key units and their weights (sign / count) for every seed's networks: [units, seeds x k]
+    # key units and their weights (sign / count) for every seed's networks
     key_units: list[list[np.ndarray]] = []
+    key_weights: list[list[np.ndarray]] = []
     min_units = 3
-    weights = np.zeros((n_feat, n_seeds * k), dtype=np.float32)
-    for s, M in enumerate(maps):
-        keys_s = []
+    for s in range(n_seeds):
+        M, maps[s] = maps[s], None
+        keys_s, w_s = [], []
         for j in range(k):
             m = M[j]
             idx = np.nonzero(np.abs(m) > threshold)[0]
@@ -677,15 +684,26 @@ def _profile_recording(lm, rec: _Recording, probes, *, signals, n_components, n_
                 idx = np.argsort(-np.abs(m))[:min_units]
             idx = np.sort(idx)
             keys_s.append(idx.astype(np.int64))
-            weights[idx, s * k + j] = np.sign(m[idx]) / len(idx)
+            w_s.append((np.sign(m[idx]) / len(idx)).astype(np.float32))
         key_units.append(keys_s)
-    del maps
+        key_weights.append(w_s)
+        del M
+
+    def dense_weights(lo: int, hi: int, seeds) -> np.ndarray:
+        """[hi - lo, len(seeds) x k] float32 weights of units lo..hi-1 (zero off the key units)."""
+        W = np.zeros((hi - lo, len(seeds) * k), dtype=np.float32)
+        for c, s in enumerate(seeds):
+            for j in range(k):
+                idx, w = key_units[s][j], key_weights[s][j]
+                a, b = np.searchsorted(idx, [lo, hi])
+                W[idx[a:b] - lo, c * k + j] = w[a:b]
+        return W
     # token time courses: the standardized activations of all tokens (incl. the excluded ones, with
     # the same mean / sd) times the weights
     tc = np.full((n_seeds, k, unit_offsets[-1]), np.nan, dtype=np.float32)
     if rec.in_memory:   # per seed and probe, as the all-in-RAM profile did
         for s in range(n_seeds):
-            W = np.ascontiguousarray(weights[:, s * k:(s + 1) * k])
+            W = dense_weights(0, n_feat, [s])
             for p in range(len(probes)):
                 a, b = ranges[p]
                 Zp = _standardize(Xf[a:b], mu, sd)
@@ -695,7 +713,7 @@ def _profile_recording(lm, rec: _Recording, probes, *, signals, n_components, n_
     else:               # block by block, summed in float64 (on the ICA's device)
         tok_tc = torch.zeros(len(tok_spans), n_seeds * k, dtype=torch.float64, device=dev)
         for i, cs in enumerate(rec.columns):
-            W = weights[cs]
+            W = dense_weights(cs.start, cs.stop, range(n_seeds))      # this block's rows only
             nz = np.flatnonzero(W.any(axis=1))
             if len(nz) == 0:
                 continue

@@ -504,7 +504,8 @@ class CanICA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.n_subjects_ = n_subj
         self.n_features_in_ = N
         self._proj = None
-        self._projector()           # now, so that transform leaves the estimator unchanged
+        if plan.columns is None:    # now, so that transform leaves the estimator unchanged
+            self._projector()       # (a ColumnBlocks fit has many neurons: made on first transform)
         if plan.data is not None and plan.data.in_memory:
             self.time_courses_ = self.transform(plan.data.concatenated())
         else:
