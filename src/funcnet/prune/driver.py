@@ -156,6 +156,14 @@ def prune(
         networks = checked = _load_networks(networks, lm)
     t0 = time.time()
     before = param_counts(lm)
+    # networks first: a layer-by-layer scoring pass needs them (they do not depend on the statistics)
+    if networks is None and scores_need_networks:
+        if calib is None:
+            raise FuncnetError(f"method '{name}' needs functional networks (networks=) or calibration text (calib=)")
+        fkw = {k: method_kw.pop(k) for k in _NETWORK_OPTIONS if k in method_kw}
+        # computed from this model: nothing to check
+        networks = checked = networks_for_pruning(lm, calib, seed=seed,
+                                                  **{_NETWORK_OPTIONS[k]: v for k, v in fkw.items()})
     lw = (calib is not None) if layerwise is None else bool(layerwise)
     if lw and calib is None and (stats is None or comp.startswith("ls")):
         raise FuncnetError("layer-by-layer pruning needs calibration text (calib=)")
@@ -178,6 +186,8 @@ def prune(
             kw0["networks"] = networks
 
         def score_layer(i, st):
+            if i in prot:  # protected layers are never cut: no scores needed
+                return
             with _networks_checked(checked):
                 part = compute_importance(rec.score, lm, st, seed=seed, heads=heads, layers=[i], **kw0)
             parts["neurons"][i] = part.neurons[i]
@@ -208,13 +218,6 @@ def prune(
                                   batch_size=batch_size, heads=heads, covariance=cov_layers is not None,
                                   covariance_layers=cov_layers)
         passes += 1
-    if networks is None and scores_need_networks:
-        if calib is None:
-            raise FuncnetError(f"method '{name}' needs functional networks (networks=) or calibration text (calib=)")
-        fkw = {k: method_kw.pop(k) for k in _NETWORK_OPTIONS if k in method_kw}
-        # computed from this model: nothing to check
-        networks = checked = networks_for_pruning(lm, calib, seed=seed,
-                                                  **{_NETWORK_OPTIONS[k]: v for k, v in fkw.items()})
     with _networks_checked(checked):
         if lw_imp is not None:
             imp = lw_imp
