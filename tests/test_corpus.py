@@ -577,3 +577,28 @@ def test_smollm2_spans_reproduce_text():
                 n += 1
                 matched += tokenizer.decode([tid]) == text[a:b]
         assert matched / n > 0.99
+
+
+def test_debian_corpus_reads_licences_and_readmes(tmp_path, monkeypatch):
+    """'debian': one document per licence / README (gzipped too), duplicates and non-UTF-8 dropped,
+    sorted by path; a clear error without the licence folder."""
+    import gzip
+
+    lic, doc = tmp_path / "common-licenses", tmp_path / "doc"
+    (doc / "pkg-a").mkdir(parents=True)
+    (doc / "pkg-b").mkdir(parents=True)
+    lic.mkdir()
+    (lic / "MIT").write_text("Permission is hereby granted, free of charge, " * 10)
+    (lic / "MIT-copy").write_text("Permission is hereby granted, free of charge, " * 10)  # duplicate
+    (lic / "BIN").write_bytes(b"\xff\xfe\x00binary" * 50)
+    (doc / "pkg-a" / "README.gz").write_bytes(gzip.compress(("A README about package a. " * 20).encode()))
+    (doc / "pkg-b" / "README.Debian").write_text("Debian notes for package b. " * 20)
+    (doc / "pkg-b" / "changelog").write_text("not a README " * 40)
+    monkeypatch.setattr(C, "DEBIAN_ROOTS", (lic, doc))
+    c = load_corpus("debian")
+    assert [d.source.rsplit("/", 2)[-2:] for d in c.documents] == [
+        ["common-licenses", "MIT"], ["pkg-a", "README.gz"], ["pkg-b", "README.Debian"]]
+    assert c.domains() == ["debian"] and c.texts[1].startswith("A README about package a.")
+    monkeypatch.setattr(C, "DEBIAN_ROOTS", (tmp_path / "missing", doc))
+    with pytest.raises(FuncnetError, match="'debian' corpus needs .*missing"):
+        load_corpus("debian")

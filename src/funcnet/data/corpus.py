@@ -18,6 +18,10 @@ an ordered list of :class:`Document` objects. ``spec`` may be:
   picks the part (``calib`` -> train, ``eval`` -> test, ``all`` -> both). Reachability is checked
   first (``HF_DATASETS_OFFLINE`` / ``HF_HUB_OFFLINE``, then a 3 s connection to the Hub, else a
   locally cached copy), so offline this fails in a few seconds with a clear message.
+* ``"debian"``: text that no part of funcnet was built or tuned on, for out-of-domain evaluation:
+  the licence texts a Debian or Ubuntu system ships in ``/usr/share/common-licenses`` and the
+  packages' READMEs in ``/usr/share/doc`` (plain or gzipped), one document per file (duplicates
+  dropped, sorted by path, so the same system gives the same corpus); ``split`` does not apply.
 * a list of strings (one document each), or an existing :class:`Corpus`.
 
 Tokenization
@@ -29,6 +33,7 @@ their public names stay importable from here.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -54,8 +59,10 @@ __all__ = [
 SPLITS = ("calib", "eval", "all")
 VALID_SPECS = (
     "'builtin', 'builtin:prose', 'builtin:code', 'builtin:math', 'wikitext2', 'wikitext2:train', "
-    "'wikitext2:test', a .txt / .jsonl file, a folder of such files, or a list of strings"
+    "'wikitext2:test', 'debian', a .txt / .jsonl file, a folder of such files, or a list of strings"
 )
+#: where the 'debian' corpus reads its texts (licences first, then package READMEs)
+DEBIAN_ROOTS = (Path("/usr/share/common-licenses"), Path("/usr/share/doc"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,6 +210,8 @@ def _load_spec(spec: str, *, split: str, domain: str | None, min_chars: int, per
             raise FuncnetError(f"unknown wikitext2 part {tail!r}; valid: wikitext2:train, wikitext2:test, wikitext2:validation")
         parts = [tail] if tail else {"calib": ["train"], "eval": ["test"], "all": ["train", "test"]}[split]
         return _load_wikitext2(parts)
+    if head == "debian" and not tail:
+        return _debian_corpus(min_chars)
     path = Path(spec).expanduser()
     if path.exists():
         return _load_path(path, per_file=per_file)
@@ -221,6 +230,35 @@ def _corpus_from_strings(texts: Sequence[Any]) -> Corpus:
     if not docs:
         raise FuncnetError("corpus from a list of strings is empty: no non-blank text")
     return Corpus("list", docs)
+
+
+# ---- Debian's licences and READMEs ----------------------------------------------------------------
+def _debian_corpus(min_chars: int, roots=None) -> Corpus:
+    licences, docs = roots or DEBIAN_ROOTS
+    if not licences.is_dir():
+        raise FuncnetError(f"the 'debian' corpus needs {licences} (a Debian or Ubuntu system); "
+                           "elsewhere use a local .txt file")
+    files = sorted(p for p in licences.iterdir() if p.is_file())
+    if docs.is_dir():
+        files += sorted(p for p in docs.glob("*/README*") if p.is_file() and p.suffix in ("", ".gz", ".md", ".txt",
+                                                                                          ".Debian", ".markdown"))
+    seen, out = set(), []
+    for f in files:
+        try:
+            raw = f.read_bytes()
+            if f.suffix == ".gz":
+                raw = gzip.decompress(raw)
+            text = raw.decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError, EOFError, gzip.BadGzipFile):
+            continue  # unreadable or not UTF-8 text: not part of the corpus
+        digest = hashlib.sha256(text.encode()).digest()
+        if len(text) < min_chars or digest in seen:
+            continue
+        seen.add(digest)
+        out.append(Document(text, len(out), f"debian:{f}", "debian"))
+    if not out:
+        raise FuncnetError(f"the 'debian' corpus found no readable text under {licences} and {docs}")
+    return Corpus("debian", out)
 
 
 # ---- local files ------------------------------------------------------------------------------
