@@ -245,6 +245,10 @@ CASES = [
     # ---- networks and stores
     Case("networks-store-from-other-model", ["networks", "--model", "{other}", "--store", "{store}", "--out", "{T}/n.st"],
          "recorded from another model"),
+    Case("networks-memory-budget-0", ["networks", *M, "--memory-budget-gb", "0", "--out", "{T}/n.st"],
+         "--memory-budget-gb must be positive", before_load=True),
+    Case("networks-missing-workdir", ["networks", *M, "--workdir", "{T}/nowhere", "--out", "{T}/n.st"],
+         "--workdir .* is not a folder", before_load=True),
     Case("networks-store-with-nan", ["networks", *M, "--store", "{store_nan}", "--out", "{T}/n.st", "-k", "2",
                                      "--n-init", "1"], "NaN"),
     Case("networks-damaged-chunk-header (3)", ["networks", *M, "--store", "{store_badhdr}", "--out", "{T}/n.st"],

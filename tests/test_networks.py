@@ -165,12 +165,12 @@ def test_networks_cli_on_saved_tiny_model(tmp_path, capsys):
     out = tmp_path / "nets.safetensors"
     args = ["networks", "--model", str(d), "--corpus", str(texts), "--store", str(tmp_path / "st"), "-k", "3",
             "--n-init", "2", "--mode", "whole", "--threshold", "2", "--min-stability", "0.1", "--tol", "1e-3",
-            "--out", str(out)]
+            "--workdir", str(tmp_path), "--memory-budget-gb", "1", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "networks in 1 decompositions" in printed and "union of key neurons" in printed
     nets = FunctionalNetworks.load(out)
-    assert nets.n_networks == 3 and nets.params["tol"] == 1e-3
+    assert nets.n_networks == 3 and nets.params["tol"] == 1e-3 and nets.params["workdir"] == str(tmp_path)
     assert main(args) == 2  # refuses to overwrite
     assert "exists" in capsys.readouterr().err
 

@@ -302,10 +302,13 @@ def test_ls_in_chunks_and_layer_by_layer_equal_one_pass(heads):
               of="attn+mlp" if heads else "mlp", heads=heads)
     one = P.prune(copy.deepcopy(base), 0.3, layerwise=False, **kw)
     chunked = P.prune(copy.deepcopy(base), 0.3, max_covariance_bytes=1, layerwise=False, **kw)
-    lw = P.prune(copy.deepcopy(base), 0.3, **kw)
+    lw = P.prune(copy.deepcopy(base), 0.3, max_covariance_bytes=1, **kw)
+    lw1 = P.prune(copy.deepcopy(base), 0.3, **kw)  # every pruned layer's covariance kept from the one pass
     assert sorted(one.stats.neuron_xtx) == [1, 2, 3] and not chunked.stats.neuron_xtx
     assert not lw.stats.has_covariance and lw.report["layerwise"] and lw.report["calibration_passes"] == 2
+    assert lw1.report["layerwise"] and lw1.report["calibration_passes"] == 1
     assert one.report["kept_neurons"] == chunked.report["kept_neurons"] == lw.report["kept_neurons"]
+    assert lw1.report["kept_neurons"] == lw.report["kept_neurons"] and lw1.report["kept_heads"] == lw.report["kept_heads"]
     assert one.report["kept_heads"] == lw.report["kept_heads"]
     assert one.report["compensation"] == chunked.report["compensation"] == lw.report["compensation"] == "ls"
     ids = torch.randint(2, V, (2, 12), generator=torch.Generator().manual_seed(3))
@@ -948,7 +951,7 @@ def test_layer_by_layer_equals_one_pass_every_family(family):
     base = tiny(family, layers=3)
     kw = dict(tokenizer=CharTok(), method="flap", calib=TEXTS * 3, calib_tokens=160, max_length=32, protect=(1, 0))
     ref = P.prune(copy.deepcopy(base), 0.3, layerwise=False, **kw)
-    lw = P.prune(copy.deepcopy(base), 0.3, **kw)
+    lw = P.prune(copy.deepcopy(base), 0.3, max_covariance_bytes=1, **kw)  # a budget below one layer: two passes
     assert lw.report["layerwise"] and lw.report["calibration_passes"] == 2 and not ref.report["layerwise"]
     assert ref.report["kept_neurons"] == lw.report["kept_neurons"]
     for i in range(3):  # the selection's sums: bit for bit (the same forward, float64 sums)
@@ -956,6 +959,43 @@ def test_layer_by_layer_equals_one_pass_every_family(family):
     ids = torch.randint(3, V, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(ref.model(ids).logits, lw.model(ids).logits, atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
+@pytest.mark.parametrize("method", ["wanda-sp", "flap/uniform", "obs/uniform"])
+def test_one_pass_uniform_allocation_equals_two_passes(family, method):
+    """With the counts known up front (uniform allocation), least-squares pruning runs in one pass:
+    each layer is scored, chosen, solved and shrunk when the pass reaches it, with no layer's
+    covariance kept beyond its own; the same kept neurons and the same model as the float64 path."""
+    name, _, alloc = method.partition("/")
+    base = tiny(family, layers=4)
+    kw = dict(tokenizer=CharTok(), method=name, calib=TEXTS * 3, calib_tokens=160, max_length=32, protect=(1, 0),
+              allocation=alloc or None, multiple_of=2)
+    ref = P.prune(copy.deepcopy(base), 0.3, layerwise=False, **kw)
+    seen = []
+    orig = P.layerwise.layerwise_pass
+
+    def spy(*a, **k):
+        on = k["on_layer"]
+
+        def wrapped(i, st):  # at most the current layer's covariance is handed over
+            seen.append(sorted(st.neuron_cov))
+            on(i, st)
+        return orig(*a, **dict(k, on_layer=wrapped))
+
+    import funcnet.prune.driver as D
+    D.layerwise_pass, saved = spy, D.layerwise_pass
+    try:
+        one = P.prune(copy.deepcopy(base), 0.3, max_covariance_bytes=1, **kw)
+    finally:
+        D.layerwise_pass = saved
+    assert one.report["calibration_passes"] == 1 and one.report["allocation"] == "uniform"
+    assert all(c in ([], [i]) for i, c in enumerate(seen)) and len(seen) == 4
+    assert one.report["kept_neurons"] == ref.report["kept_neurons"]
+    assert one.report["achieved_ratio"] == ref.report["achieved_ratio"]
+    ids = torch.randint(3, V, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(ref.model(ids).logits, one.model(ids).logits, atol=2e-4, rtol=2e-4)
 
 
 @pytest.mark.integration
@@ -979,7 +1019,8 @@ def test_smollm2_layer_by_layer_same_neurons_and_perplexity():
 
 
 def test_cli_prune_layer_by_layer_flags(tmp_path):
-    """``funcnet prune`` prunes layer by layer by default (two calibration passes); ``--no-layerwise``
+    """``funcnet prune`` prunes layer by layer by default (one calibration pass: the tiny model's
+    covariances fit the budget); ``--no-layerwise``
     takes the earlier path; ``--solve-dtype float64`` reaches the solves; all give the same neurons."""
     from conftest import tiny_saved
 
@@ -991,7 +1032,7 @@ def test_cli_prune_layer_by_layer_flags(tmp_path):
                      "--calib-tokens", "256", "--multiple-of", "1", "--out", str(out), *extra]) == 0
         reports[name] = json.loads((out / "pruning_report.json").read_text())
     assert reports["lw"]["layerwise"] and reports["f64"]["layerwise"] and not reports["old"]["layerwise"]
-    assert reports["lw"]["calibration_passes"] == 2 and reports["old"]["calibration_passes"] == 1
+    assert reports["lw"]["calibration_passes"] == 1 and reports["old"]["calibration_passes"] == 1
     assert reports["lw"]["kept_neurons"] == reports["old"]["kept_neurons"] == reports["f64"]["kept_neurons"]
     with pytest.raises(SystemExit):
         _cli(["prune", "--model", str(model), "--solve-dtype", "float16", "--out", str(tmp_path / "x")])

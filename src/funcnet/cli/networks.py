@@ -1,11 +1,13 @@
 """`funcnet networks`."""
 from __future__ import annotations
 
+import os
 import time
 
 from funcnet.cli._common import add_model_argument, check_out, check_positive, load, load_options
 from funcnet._defaults import NETWORK_MODES as MODES
 from funcnet.cli._lazy import lazy_module
+from funcnet.errors import FuncnetError
 
 core = lazy_module("funcnet.core")
 data = lazy_module("funcnet.data")
@@ -28,6 +30,10 @@ def _cmd_networks(args) -> int:
     sig = data.parse_signals(args.signals)
     out = check_out(args, is_dir=False, what="output file")
     opts = load_options(args)
+    if args.memory_budget_gb is not None and not args.memory_budget_gb > 0:
+        raise FuncnetError(f"--memory-budget-gb must be positive, got {args.memory_budget_gb}")
+    if args.workdir is not None and not os.path.isdir(args.workdir):
+        raise FuncnetError(f"--workdir {args.workdir!r} is not a folder")
     if _complete_store(args.store):
         # a finished store: the model's identity and widths come from its config and weight-file
         # headers (no weights loaded), at the dtype the store was recorded with unless --dtype says
@@ -47,7 +53,8 @@ def _cmd_networks(args) -> int:
                      window=args.window,
                      n_groups=args.groups, group_size=args.group_size, method=args.method, n_init=args.n_init,
                      random_state=args.seed, device=args.device or "cpu", checkpoint=args.checkpoint, tol=args.tol,
-                     model_identity=lm.identity, neurons_per_layer=widths)
+                     model_identity=lm.identity, neurons_per_layer=widths,
+                     **({"workdir": args.workdir} if args.workdir else {}), memory_budget=None if args.memory_budget_gb is None else int(args.memory_budget_gb * 2**30))
     t2 = time.time()
     nets.save(out)
     thr = dict(threshold=args.threshold, positive_only=args.positive_only)
@@ -79,6 +86,10 @@ def register_cli(sub) -> None:
     p.add_argument("--positive-only", action="store_true")
     p.add_argument("--min-stability", type=float, default=None)
     p.add_argument("--checkpoint", default=None, help="folder for per-group results (resumable)")
+    p.add_argument("--memory-budget-gb", type=float, default=None,
+                   help="bytes the concurrent per-layer CPU fits may take together (default: half the available memory)")
+    p.add_argument("--workdir", default=None,
+                   help="folder for CanICA's on-disk row cache when a fit's rows pass 1 GiB (default: the temp folder)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=int, default=10, help="rows in the summary table")
     p.add_argument("--out", required=True, help="output .safetensors file")

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from funcnet._version import __version__
@@ -22,7 +23,8 @@ from funcnet.prune.compensation import (
     _resolve_compensation,
     apply_selection,
 )
-from funcnet.prune.layerwise import calibration_inputs, compensate_layerwise, layerwise_pass
+from funcnet.core.shrink import update_config
+from funcnet.prune.layerwise import _ls_shrink, calibration_inputs, compensate_layerwise, layerwise_pass
 from funcnet.prune.network_scores import imp_fn, imp_fn_threshold, networks_for_pruning
 from funcnet.prune.registry import DEFAULT_ALLOCATION, compute_importance, get_method
 from funcnet.prune.scores import Importance, _load_networks, _networks_checked
@@ -111,8 +113,10 @@ def prune(
     (:mod:`funcnet.prune.layerwise`): one pass over the calibration text for the selection's statistics
     (sums on the model's device; layer by layer with each layer's covariance when the score needs it)
     and one layer-by-layer pass that computes each pruned layer's dense covariance on its device,
-    solves its compensation in ``solve_dtype`` and shrinks it; so every layer runs twice over the
-    calibration text whatever the number of layers, and at most one layer's covariance is held.
+    solves its compensation in ``solve_dtype`` and shrinks it. One pass instead of two with a uniform
+    allocation (counts known up front: each layer scored, chosen, solved and shrunk as the pass
+    reaches it) or when every free layer's float32 covariance fits ``max_covariance_bytes`` (kept
+    from the first pass); at most one layer's covariance is accumulated at a time.
     ``layerwise=False``: the earlier path (float64 covariance of all pruned layers on the host, in
     chunks of ``max_covariance_bytes``, one calibration pass per chunk).
 
@@ -168,25 +172,44 @@ def prune(
     if lw and calib is None and (stats is None or comp.startswith("ls")):
         raise FuncnetError("layer-by-layer pruning needs calibration text (calib=)")
     score_fn = rec.score if rec is not None else None
-    lw_scores = (lw and scores_need_cov and stats is None
-                 and "layers" in inspect.signature(score_fn).parameters)
-    if lw and scores_need_cov and stats is None and not lw_scores:
+    by_layer = rec is not None and "layers" in inspect.signature(score_fn).parameters
+    need_pass = stats is None and (bias_compensation or scores_need_stats)
+    prot = set(_parse_protect(protect, lm.n_layers))
+    free = [i for i in range(lm.n_layers) if i not in prot]
+    pre_alloc = allocation or (DEFAULT_ALLOCATION.get(name, "global") if rec is not None else None)
+    # one pass (counts known up front): each layer scored, chosen, solved and shrunk as the pass reaches it
+    inline = (lw and need_pass and comp == "ls" and pre_alloc == "uniform" and not heads and by_layer
+              and keep_masks is None and importance is None)
+    # one pass (global allocation): every free layer's covariance kept on its device when the budget holds them
+    keep_covs = (lw and need_pass and comp.startswith("ls") and not inline and not (scores_need_cov and not by_layer)
+                 and sum(lm.adapter.n_neurons(lm.layers[i]) ** 2 * 4 for i in free) <= max_covariance_bytes)
+    lw_scores = lw and need_pass and by_layer and (scores_need_cov or inline)
+    if lw and scores_need_cov and stats is None and not by_layer:
         log.warning("method '%s' cannot score one layer at a time: its covariance is computed for all layers", name)
     passes = 0
-    lw_imp = None
-    prot = set(_parse_protect(protect, lm.n_layers))
-    if stats is None and (bias_compensation or scores_need_stats) and lw_scores:
-        # the selection's statistics layer by layer: each free layer scored with its own covariance
-        free = [i for i in range(lm.n_layers) if i not in prot]
+    lw_imp = sel = None
+    kept_covs: dict = {}
+    if lw and need_pass and (lw_scores or inline or keep_covs):
+        # the selection's statistics layer by layer: each free layer scored with its own statistics
+        if calib is None:
+            raise FuncnetError("layer-by-layer pruning needs calibration text (calib=)")
         inputs, ident = calibration_inputs(lm, calib, calib_tokens=calib_tokens, max_length=max_length,
                                            batch_size=batch_size)
         parts: dict = {"neurons": {}, "heads": {}}
         kw0 = dict(method_kw)
         if networks is not None:
             kw0["networks"] = networks
+        if inline:  # the uniform allocation's counts depend on the widths only, not on the scores
+            sel = select(lm, Importance({i: np.zeros(lm.adapter.n_neurons(lm.layers[i])) for i in range(lm.n_layers)},
+                                        None), ratio, of=of, allocation="uniform", protect=protect,
+                         bias_compensation=bias_compensation, multiple_of=multiple_of)
+            widths = [lm.adapter.n_neurons(layer) for layer in lm.layers]
+            counts = {i: widths[i] - len(sel.keep_neurons[i]) for i in range(lm.n_layers)}
 
-        def score_layer(i, st):
-            if i in prot:  # protected layers are never cut: no scores needed
+        def on_layer(i, st):
+            if keep_covs and i in free:
+                kept_covs[i] = st.neuron_cov[i]
+            if i in prot or not (lw_scores or inline):  # protected layers are never cut: no scores needed
                 return
             with _networks_checked(checked):
                 part = compute_importance(rec.score, lm, st, seed=seed, heads=heads, layers=[i], **kw0)
@@ -194,26 +217,35 @@ def prune(
             if heads and part.heads:
                 parts["heads"][i] = part.heads[i]
             parts["method"] = part.method
+            if inline and counts[i]:  # as select() does: the lowest scores go (stable order)
+                gone = np.argsort(np.asarray(part.neurons[i], dtype=np.float64), kind="stable")[: counts[i]]
+                sel.keep_neurons[i] = np.setdiff1d(np.arange(widths[i]), gone)
+                _ls_shrink(lm, i, sel.keep_neurons[i], st, ridge=ridge, solve_dtype=solve_torch_dtype)
 
-        stats = layerwise_pass(lm, inputs, heads=heads, covariance_layers=free, on_layer=score_layer,
-                               desc="scores, layer by layer")
+        cov_layers = free if (scores_need_cov or comp.startswith("ls")) else []
+        stats = layerwise_pass(lm, inputs, heads=heads, covariance_layers=cov_layers, on_layer=on_layer,
+                               desc="prune, layer by layer" if inline else "statistics, layer by layer")
         stats.identity = ident
         passes += 1
         del inputs
-        lw_imp = Importance(parts["neurons"], parts["heads"] if heads else None, method=parts.get("method", name))
-    elif stats is None and (bias_compensation or scores_need_stats):
+        if inline:
+            update_config(lm)
+        if lw_scores:
+            lw_imp = Importance(parts["neurons"], parts["heads"] if heads else None,
+                                method=parts.get("method", name))
+    elif need_pass:
         if calib is None:
             raise FuncnetError(f"method '{name}'{f' with compensation {comp!r}' if bias_compensation else ''} "
                                "needs calibration text (calib=)")
         cov_layers = None
         if not lw and (comp.startswith("ls") or scores_need_cov):
-            cov_layers = [i for i in range(lm.n_layers) if i not in prot]
+            cov_layers = list(free)
             if sum(lm.adapter.n_neurons(lm.layers[i]) ** 2 * 8 for i in cov_layers) > max_covariance_bytes:
                 cov_layers = None  # too big for one pass: compensation in chunks after selection
                 if scores_need_cov:
                     log.warning("the covariance exceeds max_covariance_bytes: method '%s' scores without it", name)
         elif lw and scores_need_cov:
-            cov_layers = [i for i in range(lm.n_layers) if i not in prot]
+            cov_layers = list(free)
         stats = calibration_stats(lm, calib, calib_tokens=calib_tokens, max_length=max_length,
                                   batch_size=batch_size, heads=heads, covariance=cov_layers is not None,
                                   covariance_layers=cov_layers)
@@ -230,12 +262,19 @@ def prune(
             if networks is not None:
                 kw["networks"] = networks
             imp = compute_importance(rec.score, lm, stats, seed=seed, heads=heads, **kw)
-        alloc = allocation or DEFAULT_ALLOCATION.get(imp.method or name, "global")
-        sel = select(lm, imp, ratio, of=of, allocation=alloc, protect=protect, heads=heads,
-                     bias_compensation=bias_compensation, multiple_of=multiple_of)
+        alloc = "uniform" if inline else allocation or DEFAULT_ALLOCATION.get(imp.method or name, "global")
+        if not inline:
+            sel = select(lm, imp, ratio, of=of, allocation=alloc, protect=protect, heads=heads,
+                         bias_compensation=bias_compensation, multiple_of=multiple_of)
         pruned_layers = [i for i in range(lm.n_layers)
                          if len(sel.keep_neurons[i]) < lm.adapter.n_neurons(lm.layers[i])]
-        if comp.startswith("ls") and lw and any(not stats.has_cov(i) for i in pruned_layers):
+        if inline:
+            pass  # shrunk during the pass
+        elif comp.startswith("ls") and lw and kept_covs and all(i in kept_covs for i in pruned_layers):
+            compensate_layerwise(lm, sel, None, compensation=comp, ridge=ridge, networks=networks,
+                                 max_regressors=ls_max_regressors, heads_stats=stats,
+                                 solve_dtype=solve_torch_dtype, covs=kept_covs)
+        elif comp.startswith("ls") and lw and any(not stats.has_cov(i) for i in pruned_layers):
             inputs, _ = calibration_inputs(lm, calib, calib_tokens=calib_tokens, max_length=max_length,
                                            batch_size=batch_size)
             compensate_layerwise(lm, sel, inputs, compensation=comp, ridge=ridge, networks=networks,

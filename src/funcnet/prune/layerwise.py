@@ -285,13 +285,27 @@ def solve_ls_update(C: torch.Tensor, mean: torch.Tensor, W: torch.Tensor, keep: 
     return dW, db
 
 
-def compensate_layerwise(lm, sel: Selection, inputs: LayerInputs, *, compensation: str = "ls",
+def _ls_shrink(lm, i: int, keep, st: CalibStats, *, ridge: float, solve_dtype: torch.dtype) -> None:
+    """Shrink layer ``i`` to the neurons ``keep`` with ``ls`` compensation solved from ``st`` (its
+    covariance of layer ``i`` and the means) on the covariance's device."""
+    ad, layer = lm.adapter, lm.layers[i]
+    width = ad.n_neurons(layer)
+    keep = torch.as_tensor(np.asarray(keep, dtype=np.int64))
+    rem = torch.as_tensor(np.setdiff1d(np.arange(width), keep.numpy()))
+    W = weight_out_in(layer.get_submodule(ad.down)).detach()
+    dW, db = solve_ls_update(st.neuron_cov[i], torch.as_tensor(st.mean(i)), W, keep, rem, ridge, dtype=solve_dtype)
+    shrink.slice_mlp(ad, layer, keep, db, dW)
+
+
+def compensate_layerwise(lm, sel: Selection, inputs: LayerInputs | None, *, compensation: str = "ls",
                          ridge: float = 0.3, networks=None, max_regressors: int = 128, heads_stats: CalibStats | None = None,
-                         solve_dtype: torch.dtype = torch.float32) -> list[int]:
+                         solve_dtype: torch.dtype = torch.float32, covs: dict | None = None) -> list[int]:
     """Shrink ``lm`` to ``sel`` with least-squares compensation (``ls`` / ``ls-fn``) in one layer-by-layer
     pass over ``inputs``: each pruned layer's dense covariance is accumulated on its device, the
-    compensation solved and the layer shrunk before the pass moves on. Heads (when ``sel.keep_heads``)
-    get bias compensation from ``heads_stats`` (the means of the o_proj inputs). Returns the pruned layers."""
+    compensation solved and the layer shrunk before the pass moves on. ``covs``: the pruned layers'
+    dense covariances when they were kept from an earlier pass (then no pass runs: ``inputs`` may be
+    None; ``heads_stats`` gives the means). Heads (when ``sel.keep_heads``) get bias compensation from
+    ``heads_stats`` (the means of the o_proj inputs). Returns the pruned layers."""
     ad = lm.adapter
     widths = [ad.n_neurons(l) for l in lm.layers]
     pruned = [i for i in range(lm.n_layers) if len(sel.keep_neurons[i]) < widths[i]]
@@ -308,13 +322,8 @@ def compensate_layerwise(lm, sel: Selection, inputs: LayerInputs, *, compensatio
             shrink.slice_heads(ad, layer, _head_config(lm, i), sel.keep_heads[i], head_terms.get(i))
         if i not in pruned:
             return
-        keep = torch.as_tensor(np.asarray(sel.keep_neurons[i], dtype=np.int64))
-        rem = torch.as_tensor(np.setdiff1d(np.arange(widths[i]), sel.keep_neurons[i]))
         if compensation == "ls":
-            W = weight_out_in(layer.get_submodule(ad.down)).detach()
-            mean = torch.as_tensor(st.mean(i))
-            dW, db = solve_ls_update(st.neuron_cov[i], mean, W, keep, rem, ridge, dtype=solve_dtype)
-            shrink.slice_mlp(ad, layer, keep, db, dW)
+            _ls_shrink(lm, i, sel.keep_neurons[i], st, ridge=ridge, solve_dtype=solve_dtype)
         else:  # ls-fn: the per-neuron regressions of funcnet.prune.compensation on the host, float64
             host = dataclasses.replace(st, neuron_cov={i: st.neuron_cov[i].to("cpu", torch.float64)})
             sub = dataclasses.replace(
@@ -323,7 +332,11 @@ def compensate_layerwise(lm, sel: Selection, inputs: LayerInputs, *, compensatio
             apply_selection(lm, sub, host, compensation=compensation, ridge=ridge, networks=networks,
                             max_regressors=max_regressors)
 
-    layerwise_pass(lm, inputs, covariance_layers=pruned, on_layer=on_layer, last_layer=max(pruned + head_layers),
-                   desc="compensation, layer by layer")
+    if covs is not None and all(i in covs for i in pruned):
+        for i in sorted(set(pruned) | set(head_layers)):
+            on_layer(i, dataclasses.replace(heads_stats, neuron_cov={i: covs[i]} if i in covs else {}))
+    else:
+        layerwise_pass(lm, inputs, covariance_layers=pruned, on_layer=on_layer,
+                       last_layer=max(pruned + head_layers), desc="compensation, layer by layer")
     update_config(lm)
     return pruned

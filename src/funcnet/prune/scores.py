@@ -54,17 +54,29 @@ def _head_config(lm: LoadedModel, i: int) -> HeadConfig:
     return shrink.layer_head_config(lm.adapter, lm.model, lm.layers[i])
 
 
-def imp_random(lm: LoadedModel, stats=None, *, seed: int = 0, heads: bool = False, **_) -> Importance:
-    rng = np.random.default_rng(seed)
-    neurons = {i: rng.random(lm.adapter.n_neurons(l)) for i, l in enumerate(lm.layers)}
-    hs = {i: rng.random(_head_config(lm, i).n_kv_heads) for i in range(lm.n_layers)} if heads else None
+def _only(layers):
+    """``layers=`` of a score function as a set (None: every layer)."""
+    return None if layers is None else {int(i) for i in layers}
+
+
+def imp_random(lm: LoadedModel, stats=None, *, seed: int = 0, heads: bool = False, layers=None, **_) -> Importance:
+    """Uniform random scores, drawn per layer from (``seed``, layer) so that a layer's scores do not
+    depend on the others' widths (the one-pass layer-by-layer path scores layer i after shrinking
+    layers < i); ``layers``: only these."""
+    only = _only(layers)
+    todo = [i for i in range(lm.n_layers) if only is None or i in only]
+    neurons = {i: np.random.default_rng([seed, i]).random(lm.adapter.n_neurons(lm.layers[i])) for i in todo}
+    hs = {i: np.random.default_rng([seed, i, 1]).random(_head_config(lm, i).n_kv_heads) for i in todo} if heads else None
     return Importance(neurons, hs, method="random")
 
 
-def imp_magnitude(lm: LoadedModel, stats=None, *, heads: bool = False, **_) -> Importance:
+def imp_magnitude(lm: LoadedModel, stats=None, *, heads: bool = False, layers=None, **_) -> Importance:
     ad = lm.adapter
     neurons, hs = {}, {} if heads else None
+    only = _only(layers)
     for i, layer in enumerate(lm.layers):
+        if only is not None and i not in only:
+            continue
         w = ad.n_neurons(layer)
         sq = _down_sq(ad, layer)
         if ad.gate_up is not None:
@@ -87,12 +99,16 @@ def _need(stats, heads):
         raise FuncnetError("head importance needs calibration statistics recorded with heads=True")
 
 
-def imp_wanda_sp(lm: LoadedModel, stats: CalibStats | None = None, *, heads: bool = False, **_) -> Importance:
-    """Wanda-sp: mean over output rows of |W[:, j]| * ||x_j||_2."""
+def imp_wanda_sp(lm: LoadedModel, stats: CalibStats | None = None, *, heads: bool = False, layers=None,
+                 **_) -> Importance:
+    """Wanda-sp: mean over output rows of |W[:, j]| * ||x_j||_2; ``layers``: only these."""
     _need(stats, heads)
     ad = lm.adapter
     neurons, hs = {}, {} if heads else None
+    only = _only(layers)
     for i, layer in enumerate(lm.layers):
+        if only is not None and i not in only:
+            continue
         norm = np.sqrt(stats.sq_norm(i))
         neurons[i] = _w(layer, ad.down).abs().mean(0).numpy() * norm
         if heads:
