@@ -235,6 +235,29 @@ def verdict(rows, section="main") -> str:
                       "|---|---|---|---|---|---|"] + out)
 
 
+def rank_table(rows, section="main") -> str:
+    """Mean rank of each method over the MLP-only ratios, per metric (1 = best): in-domain perplexity,
+    Debian perplexity, in-domain accuracy; the methods present at every ratio only."""
+    g = groups(rows, section)
+    ratios = sorted({k[1] for k in g if k[0] != "dense" and not k[2]})
+    methods = [m for m in dict.fromkeys(k[0] for k in g if k[0] != "dense")
+               if all((m, r, False, None) in g for r in ratios)]
+    lines = ["| method | in-domain ppl | Debian ppl | accuracy | all three |", "|---|---|---|---|---|"]
+    ranks = {m: [] for m in methods}
+    for metric, lower in (("ppl_in", True), ("ppl_debian", True), ("acc_in", False)):
+        per = {m: [] for m in methods}
+        for r in ratios:
+            vals = {m: mean_sd([x[metric] for x in g[(m, r, False, None)]])[0] for m in methods}
+            order = sorted(methods, key=lambda m: vals[m] if lower else -vals[m])
+            for k, m in enumerate(order):
+                per[m].append(k + 1)
+        for m in methods:
+            ranks[m].append(float(np.mean(per[m])))
+    for m in sorted(methods, key=lambda m: np.mean(ranks[m])):
+        lines.append(f"| {m} | " + " | ".join(f"{x:.1f}" for x in ranks[m]) + f" | {np.mean(ranks[m]):.1f} |")
+    return "\n".join(lines)
+
+
 def report(data) -> str:
     rows = data["rows"]
     a, e = data["args"], data["env"]
@@ -247,7 +270,8 @@ def report(data) -> str:
                   ratio_table(rows, "main", "ppl_debian"),
                   "\n### next-token accuracy, builtin eval split\n",
                   ratio_table(rows, "main", "acc_in", lower=False, nd=4),
-                  "\n### lowest method per setting\n", verdict(rows)]
+                  "\n### lowest method per setting\n", verdict(rows),
+                  "\n### mean rank over the ratios (MLP only; 1 = best)\n", rank_table(rows)]
         for ratio, heads in sorted({(r["ratio"], r["heads"]) for r in rows if r["section"] == "main" and r["ratio"]}):
             parts += [f"\n### per domain at {ratio:.0%}{' with heads' if heads else ''}\n",
                       domain_table(rows, "main", ratio, heads)]

@@ -17,7 +17,8 @@ the peak GPU memory), the forward passes each layer made over the step's text, a
     python benchmarks/scale.py --models llama3-8b --layers 32 --device cuda   # full depth on a GPU
 
 Compared in the same run: the earlier least-squares path (``layerwise=False``: the covariance in chunks
-of layers under a 2 GiB budget, one calibration pass per chunk) with ``--compare-old``.
+of layers under a 2 GiB budget, one calibration pass per chunk) with ``--compare-old``; the step
+``prune-uniform`` (in ``--steps``) prunes with a uniform allocation, in one layer-by-layer pass.
 """
 from __future__ import annotations
 
@@ -140,11 +141,12 @@ def _step(step: str, folder: str, work: str, args: dict, q) -> None:
             nets = decompose(st, mode=mode, n_components=args["k"], n_init=1, device=dev, progress=False)
             res["maps"] = int(sum(m.shape[0] for m in getattr(nets, "maps", {}).values())) \
                 if isinstance(getattr(nets, "maps", None), dict) else None
-        elif step in ("prune", "prune-old"):
+        elif step in ("prune", "prune-old", "prune-uniform"):
             lm = funcnet.load_model(folder, dtype=dtype, device=dev)
             cnt = _PassCounter(lm)
             r = prune(lm, 0.2, method="flap", calib="builtin", calib_tokens=args["tokens"],
-                      layerwise=(step == "prune"), protect=(0, 0))
+                      layerwise=(step != "prune-old"), protect=(0, 0),
+                      allocation="uniform" if step == "prune-uniform" else None)
             res["passes"] = cnt.passes(r.report["calibration"]["tokens"])
             res["achieved"] = round(r.report["achieved_ratio"], 4)
             t1 = time.time()

@@ -18,8 +18,10 @@ COMPENSATIONS = ("none", "bias", "ls", "ls-fn")
 #: least-squares compensation had the lowest perplexity with every ranking method on held-out
 #: calibration text (docs/pruning.md)
 DEFAULT_COMPENSATION = "ls"
-#: memory bound of the covariance statistics (float64 width^2 per layer); above it, layers are
-#: calibrated and shrunk in chunks, last layers first
+#: memory bound of the covariance statistics: layer by layer, every free layer's float32 covariance
+#: (width^2 x 4 B each) is kept from the one calibration pass when they fit, else a second pass
+#: computes each again; the earlier path (layerwise=False) holds float64 ones and above it
+#: calibrates and shrinks in chunks, last layers first
 DEFAULT_MAX_COVARIANCE_BYTES = 2 * 2**30
 #: ridge of least-squares compensation, relative to each regressor's variance
 DEFAULT_RIDGE = 0.3
@@ -28,6 +30,8 @@ SAVE_FORMATS = ("funcnet", "native", "auto")
 #: ``funcnet prune --multiple-of``: MLP widths rounded to multiples of this (llama.cpp quantizes
 #: rows of 32; the Python API's default is 1, exact widths)
 CLI_MULTIPLE_OF = 32
+#: ``prune()`` / ``funcnet prune`` without a method (the choice: docs/pruning.md, "The protocol")
+DEFAULT_METHOD = "flap"
 #: the pruning methods funcnet ships (``funcnet.prune.register_method`` adds more in Python)
 BUILTIN_PRUNING_METHODS = ("random", "magnitude", "wanda-sp", "flap", "fn", "fn-threshold", "obs", "fn-obs")
 

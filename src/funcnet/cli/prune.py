@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from funcnet._defaults import (ALLOCATIONS, BUILTIN_PRUNING_METHODS, CLI_MULTIPLE_OF, COMPENSATIONS,
+from funcnet._defaults import (ALLOCATIONS, BUILTIN_PRUNING_METHODS, DEFAULT_METHOD, CLI_MULTIPLE_OF, COMPENSATIONS,
                                DEFAULT_COMPENSATION, DEFAULT_MAX_COVARIANCE_BYTES, DEFAULT_RIDGE, DENOMINATORS,
                                SAVE_FORMATS)
 from funcnet.cli._common import add_model_argument, check_out, check_positive, load
@@ -87,7 +87,7 @@ def register_cli(sub) -> None:
     add_model_argument(p)
     p.add_argument("--ratio", type=float, default=0.2, help="fraction of parameters to remove (0 < r < 1)")
     p.add_argument("--of", choices=DENOMINATORS, default="mlp", help="denominator of the ratio")
-    p.add_argument("--method", choices=list(BUILTIN_PRUNING_METHODS), default="flap")
+    p.add_argument("--method", choices=list(BUILTIN_PRUNING_METHODS), default=DEFAULT_METHOD)
     p.add_argument("--heads", action="store_true", help="also prune attention heads (whole key/value groups)")
     p.add_argument("--compensation", choices=COMPENSATIONS, default=None,
                    help=f"how removed neurons are compensated (default {DEFAULT_COMPENSATION}): none, bias (FLAP's "

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from funcnet._defaults import DEFAULT_METHOD
 from funcnet._version import __version__
 from funcnet.core.models import LoadedModel, as_loaded
 from funcnet.errors import FuncnetError
@@ -71,7 +72,7 @@ def prune(
     ratio: float | None = 0.2,
     *,
     of: str = "mlp",
-    method: str | Callable = "flap",
+    method: str | Callable = DEFAULT_METHOD,
     calib=None,
     tokenizer=None,
     calib_tokens: int = 8192,
