@@ -1060,3 +1060,16 @@ def test_solve_ls_update_matches_ridge_regression(n_out):
         dW, db = solve_ls_update(C.to(dt), mean, W.to(dt), keep, rem, 0.3, dtype=dt)
         torch.testing.assert_close(dW, want_w, atol=tol * float(want_w.abs().max()), rtol=tol)
         torch.testing.assert_close(db, want_b, atol=tol * float(want_b.abs().max()), rtol=tol)
+
+
+def test_default_method_follows_heads():
+    """Without a method, prune() takes the recommended one: DEFAULT_METHOD for MLP neurons,
+    DEFAULT_HEADS_METHOD with heads (recorded in the report)."""
+    from funcnet._defaults import DEFAULT_HEADS_METHOD, DEFAULT_METHOD
+
+    base = tiny("llama", layers=3)
+    kw = dict(tokenizer=CharTok(), calib=TEXTS * 3, calib_tokens=160, max_length=32, protect=(1, 0))
+    mlp = P.prune(copy.deepcopy(base), 0.2, **kw)
+    both = P.prune(copy.deepcopy(base), 0.2, of="attn+mlp", heads=True, **kw)
+    assert mlp.report["method"] == DEFAULT_METHOD and both.report["method"] == DEFAULT_HEADS_METHOD
+    assert both.report["kept_heads"] is not None and both.report["heads"]

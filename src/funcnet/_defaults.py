@@ -32,6 +32,9 @@ SAVE_FORMATS = ("funcnet", "native", "auto")
 CLI_MULTIPLE_OF = 32
 #: ``prune()`` / ``funcnet prune`` without a method (the choice: docs/pruning.md, "The protocol")
 DEFAULT_METHOD = "flap"
+#: ... and with heads (``--heads``): its scores rank heads and neurons of every layer at the same
+#: fraction (uniform allocation), the lowest with heads in the protocol (docs/pruning.md)
+DEFAULT_HEADS_METHOD = "wanda-sp"
 #: the pruning methods funcnet ships (``funcnet.prune.register_method`` adds more in Python)
 BUILTIN_PRUNING_METHODS = ("random", "magnitude", "wanda-sp", "flap", "fn", "fn-threshold", "obs", "fn-obs")
 

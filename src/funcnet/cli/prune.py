@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from funcnet._defaults import (ALLOCATIONS, BUILTIN_PRUNING_METHODS, DEFAULT_METHOD, CLI_MULTIPLE_OF, COMPENSATIONS,
+from funcnet._defaults import (ALLOCATIONS, BUILTIN_PRUNING_METHODS, DEFAULT_HEADS_METHOD, DEFAULT_METHOD, CLI_MULTIPLE_OF, COMPENSATIONS,
                                DEFAULT_COMPENSATION, DEFAULT_MAX_COVARIANCE_BYTES, DEFAULT_RIDGE, DENOMINATORS,
                                SAVE_FORMATS)
 from funcnet.cli._common import add_model_argument, check_out, check_positive, load
@@ -52,6 +52,8 @@ def _format_line(fmt: str, why: str | None) -> str:
 def _cmd_prune(args) -> int:
 
     # every argument and --out are checked before the model loads and before any pruning work
+    if args.method is None:
+        args.method = DEFAULT_HEADS_METHOD if args.heads else DEFAULT_METHOD
     if not (0.0 < args.ratio < 1.0) and args.method != "fn-threshold":
         raise FuncnetError(f"--ratio must be in (0, 1), got {args.ratio}")
     check_positive(args, "batch_size", "calib_tokens", "groups", "group_size", "n_components", "multiple_of")
@@ -87,7 +89,9 @@ def register_cli(sub) -> None:
     add_model_argument(p)
     p.add_argument("--ratio", type=float, default=0.2, help="fraction of parameters to remove (0 < r < 1)")
     p.add_argument("--of", choices=DENOMINATORS, default="mlp", help="denominator of the ratio")
-    p.add_argument("--method", choices=list(BUILTIN_PRUNING_METHODS), default=DEFAULT_METHOD)
+    p.add_argument("--method", choices=list(BUILTIN_PRUNING_METHODS), default=None,
+                   help=f"scoring method (default {DEFAULT_METHOD}; with --heads {DEFAULT_HEADS_METHOD}: "
+                        "docs/pruning.md, 'The protocol')")
     p.add_argument("--heads", action="store_true", help="also prune attention heads (whole key/value groups)")
     p.add_argument("--compensation", choices=COMPENSATIONS, default=None,
                    help=f"how removed neurons are compensated (default {DEFAULT_COMPENSATION}): none, bias (FLAP's "

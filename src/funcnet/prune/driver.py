@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from funcnet._defaults import DEFAULT_METHOD
+from funcnet._defaults import DEFAULT_HEADS_METHOD, DEFAULT_METHOD
 from funcnet._version import __version__
 from funcnet.core.models import LoadedModel, as_loaded
 from funcnet.errors import FuncnetError
@@ -72,7 +72,7 @@ def prune(
     ratio: float | None = 0.2,
     *,
     of: str = "mlp",
-    method: str | Callable = DEFAULT_METHOD,
+    method: str | Callable | None = None,
     calib=None,
     tokenizer=None,
     calib_tokens: int = 8192,
@@ -97,6 +97,9 @@ def prune(
     **method_kw,
 ) -> PruneResult:
     """Prune ``model`` (a LoadedModel, a spec, or a model with ``tokenizer=``) in place.
+
+    ``method``: a registered name or a score function; default :data:`DEFAULT_METHOD`
+    (:data:`DEFAULT_HEADS_METHOD` with ``heads=True``), the choice of the pruning protocol.
 
     ``importance`` (``{layer: scores}`` or :class:`Importance`) or ``keep_masks`` (``{layer: bool
     array}``) bypass the method's own scoring (how ``fn`` results plug in). ``compensation`` is one
@@ -128,6 +131,8 @@ def prune(
     ``calib``, networks with :func:`networks_for_pruning`); then scores, :func:`select` and
     compensation + shrink."""
 
+    if method is None:  # the recommended method (docs/pruning.md, "The protocol")
+        method = DEFAULT_HEADS_METHOD if heads else DEFAULT_METHOD
     if int(multiple_of) != multiple_of or int(multiple_of) < 1:
         raise FuncnetError(f"multiple_of must be an integer >= 1, got {multiple_of}")
     solve_torch_dtype = _solve_dtype(solve_dtype)  # checked before the model loads
