@@ -30,10 +30,12 @@ SAVE_FORMATS = ("funcnet", "native", "auto")
 #: ``funcnet prune --multiple-of``: MLP widths rounded to multiples of this (llama.cpp quantizes
 #: rows of 32; the Python API's default is 1, exact widths)
 CLI_MULTIPLE_OF = 32
-#: ``prune()`` / ``funcnet prune`` without a method (the choice: docs/pruning.md, "The protocol")
-DEFAULT_METHOD = "flap"
-#: ... and with heads (``--heads``): its scores rank heads and neurons of every layer at the same
-#: fraction (uniform allocation), the lowest with heads in the protocol (docs/pruning.md)
+#: ``prune()`` / ``funcnet prune`` without a method: Wanda-sp scores with least-squares compensation
+#: tie the best (obs) within the calibration draws' spread on SmolLM2 and Gemma-3-270M, lead with
+#: heads, and their uniform allocation prunes in one layer-by-layer pass at any size
+#: (docs/pruning.md, "The protocol")
+DEFAULT_METHOD = "wanda-sp"
+#: ... and with heads (``--heads``); a separate name so either can change on its own evidence
 DEFAULT_HEADS_METHOD = "wanda-sp"
 #: the pruning methods funcnet ships (``funcnet.prune.register_method`` adds more in Python)
 BUILTIN_PRUNING_METHODS = ("random", "magnitude", "wanda-sp", "flap", "fn", "fn-threshold", "obs", "fn-obs")
