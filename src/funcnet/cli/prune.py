@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from funcnet._defaults import (ALLOCATIONS, BUILTIN_PRUNING_METHODS, DEFAULT_HEADS_METHOD, DEFAULT_METHOD, CLI_MULTIPLE_OF, COMPENSATIONS,
+from funcnet._defaults import (ALLOCATIONS, BUILTIN_PRUNING_METHODS, CLI_MULTIPLE_OF, COMPENSATIONS, DEFAULT_HEADS_METHOD,
+                               DEFAULT_METHOD,
                                DEFAULT_COMPENSATION, DEFAULT_MAX_COVARIANCE_BYTES, DEFAULT_RIDGE, DENOMINATORS,
                                SAVE_FORMATS)
 from funcnet.cli._common import add_model_argument, check_out, check_positive, load
@@ -100,7 +101,8 @@ def register_cli(sub) -> None:
     p.add_argument("--ridge", type=float, default=DEFAULT_RIDGE, help="ridge of ls / ls-fn, relative to variances")
     p.add_argument("--no-layerwise", action="store_true",
                    help="least squares the earlier way: every pruned layer's float64 covariance on the host, in chunks "
-                        "of --max-covariance-gb, one calibration pass per chunk (default: layer by layer, two passes)")
+                        "of --max-covariance-gb, one calibration pass per chunk (default: layer by layer, one or two "
+                        "passes)")
     p.add_argument("--solve-dtype", choices=["float32", "float64"], default="float32",
                    help="precision of the layer-by-layer least-squares solves (default float32)")
     p.add_argument("--max-covariance-gb", type=float, default=DEFAULT_MAX_COVARIANCE_BYTES / 2**30,
