@@ -69,11 +69,16 @@ def calib_draws(n: int, *, domain: str | None = None, seed: int = 1234):
     return [c.subset(perm[d::n]) for d in range(n)]
 
 
-def eval_sets(seed: int = 0) -> dict:
+def eval_sets(seed: int = 0, info: dict | None = None) -> dict:
+    """The evaluation texts per domain (documents in a fixed shuffled order). ``info`` receives each
+    corpus's document count and identity: the 'debian' corpus depends on the packages installed, so
+    runs are comparable on it only when its identity matches."""
     out = {}
     for d in EVAL_DOMAINS:
         c = load_corpus("debian") if d == "debian" else load_corpus("builtin", split="eval", domain=d)
         out[d] = [c.texts[i] for i in np.random.default_rng(seed).permutation(len(c))]
+        if info is not None:
+            info[d] = {"documents": len(c), "identity": c.identity[:16]}
     return out
 
 
@@ -333,7 +338,8 @@ def main(argv=None) -> int:
         return data
 
     lm = funcnet.load_model(args.model)
-    sets = eval_sets()
+    env["eval_corpora"] = {}
+    sets = eval_sets(info=env["eval_corpora"])
     cov_layers = range(3, lm.n_layers - 2)  # the default protection (3 first, 2 last layers)
 
     def run(section, draw, corpus_draw, methods, ratios, *, heads_ratio=0.0, calib_tokens=None, calib_seqs=None):
