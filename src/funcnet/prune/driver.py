@@ -197,8 +197,7 @@ def prune(
     kept_covs: dict = {}
     if lw and need_pass and (lw_scores or inline or keep_covs):
         # the selection's statistics layer by layer: each free layer scored with its own statistics
-        if calib is None:
-            raise FuncnetError("layer-by-layer pruning needs calibration text (calib=)")
+        # (calib is there: checked above for every layer-by-layer run without statistics)
         inputs, ident = calibration_inputs(lm, calib, calib_tokens=calib_tokens, max_length=max_length,
                                            batch_size=batch_size)
         parts: dict = {"neurons": {}, "heads": {}}
