@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as _dt
+import gzip
 import json
 import math
 import os
@@ -46,7 +47,7 @@ from prune_table import load_avg, log, parse_method  # noqa: E402
 import funcnet  # noqa: E402
 from funcnet import prune as P  # noqa: E402
 from funcnet.core._io import cache_dir  # noqa: E402
-from funcnet.data.corpus import load_corpus  # noqa: E402
+from funcnet.data.corpus import Corpus, Document, load_corpus  # noqa: E402
 from funcnet.errors import FuncnetError  # noqa: E402
 from funcnet.evaluate import perplexity  # noqa: E402
 from funcnet.networks import FunctionalNetworks  # noqa: E402
@@ -69,16 +70,36 @@ def calib_draws(n: int, *, domain: str | None = None, seed: int = 1234):
     return [c.subset(perm[d::n]) for d in range(n)]
 
 
-def eval_sets(seed: int = 0, info: dict | None = None) -> dict:
+def debian_corpus(sources: list[str] | None = None):
+    """The 'debian' corpus, pinned to ``sources`` (the documents a run used) when given: it depends
+    on the packages installed, so a resumed run reads the files it started with (dedup already done),
+    and stops with one line when one of them is gone."""
+    if not sources:
+        return load_corpus("debian")
+    docs = []
+    for i, src in enumerate(sources):
+        f = Path(src.removeprefix("debian:"))
+        try:
+            raw = f.read_bytes()
+        except OSError:
+            raise SystemExit(f"the pinned debian corpus needs {f}, which this machine lacks; run with a new --json")
+        docs.append(Document((gzip.decompress(raw) if f.suffix == ".gz" else raw).decode("utf-8").strip(), i, src,
+                             "debian"))
+    return Corpus("debian", docs)
+
+
+def eval_sets(seed: int = 0, info: dict | None = None, debian_sources: list[str] | None = None) -> dict:
     """The evaluation texts per domain (documents in a fixed shuffled order). ``info`` receives each
-    corpus's document count and identity: the 'debian' corpus depends on the packages installed, so
-    runs are comparable on it only when its identity matches."""
+    corpus's document count, identity and (debian) sources: the 'debian' corpus depends on the
+    packages installed, so runs are comparable on it only when its identity matches."""
     out = {}
     for d in EVAL_DOMAINS:
-        c = load_corpus("debian") if d == "debian" else load_corpus("builtin", split="eval", domain=d)
+        c = debian_corpus(debian_sources) if d == "debian" else load_corpus("builtin", split="eval", domain=d)
         out[d] = [c.texts[i] for i in np.random.default_rng(seed).permutation(len(c))]
         if info is not None:
             info[d] = {"documents": len(c), "identity": c.identity[:16]}
+            if d == "debian":
+                info[d]["sources"] = [doc.source for doc in c.documents]
     return out
 
 
@@ -316,6 +337,9 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-tokens", type=int, default=8192)
     ap.add_argument("--windows", type=int, default=8, help="128-token windows per eval domain")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--debian-sources", default=None, metavar="TXT",
+                    help="pin the debian corpus to these document sources (one per line); a resumed --json "
+                         "pins the ones it recorded")
     ap.add_argument("--report", default=None, metavar="JSON")
     args = ap.parse_args(argv)
     if args.report:
@@ -328,6 +352,13 @@ def main(argv=None) -> int:
     env = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
            "load_avg_start": load_avg(), "command": " ".join(sys.argv)}
+    old_env = dict(old.get("env", {}))
+    if old_env:  # a resumed run keeps the earlier runs' environments and their debian documents
+        env["earlier_runs"] = old_env.pop("earlier_runs", []) + [
+            {k: v for k, v in old_env.items() if k != "eval_corpora"}]
+    pinned = old_env.get("eval_corpora", {}).get("debian", {}).get("sources")
+    if args.debian_sources:
+        pinned = Path(args.debian_sources).read_text().split()
 
     def write(partial=True):
         data = {"args": vars(args), "env": env, "rows": rows, "partial": partial}
@@ -339,7 +370,7 @@ def main(argv=None) -> int:
 
     lm = funcnet.load_model(args.model)
     env["eval_corpora"] = {}
-    sets = eval_sets(info=env["eval_corpora"])
+    sets = eval_sets(info=env["eval_corpora"], debian_sources=pinned)
     cov_layers = range(3, lm.n_layers - 2)  # the default protection (3 first, 2 last layers)
 
     def run(section, draw, corpus_draw, methods, ratios, *, heads_ratio=0.0, calib_tokens=None, calib_seqs=None):
