@@ -282,3 +282,31 @@ def test_cli_record_store_dtype_and_model_dtype(tmp_path, capsys):
     assert main(["networks", "--model", str(d), "--dtype", "float32", "--store", str(tmp_path / "t"), "--out",
                  str(tmp_path / "n2.st"), "-k", "2", "--n-init", "1"]) == 2
     assert "recorded from another model" in capsys.readouterr().err
+
+
+def test_rows_go_to_the_store_as_each_layer_produces_them(lm, tmp_path, monkeypatch):
+    """The recorder hands a layer's rows to the store during the forward pass, before the next layer
+    runs: the host holds one layer's rows of a batch, not the batch's rows of every layer."""
+    events = []
+    real = ActivationStore.write_rows
+
+    def write_rows(self, layer, signal, offset, rows):
+        events.append(("write", layer))
+        return real(self, layer, signal, offset, rows)
+
+    monkeypatch.setattr(ActivationStore, "write_rows", write_rows)
+    layers = lm.adapter.get_layers(lm.model)
+    hooks = [m.register_forward_pre_hook(lambda m, a, i=i: events.append(("start", i))) for i, m in enumerate(layers)]
+    try:
+        st = record(lm, TEXTS[:4], out=tmp_path / "s", layers="all", max_length=24, batch_size=2,
+                    chunk_tokens=1000, store_dtype="float32", progress=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert st.complete and events.count(("write", 0)) == 2  # two batches
+    per_batch = [("start", 0), ("write", 0), ("start", 1), ("write", 1), ("start", 2), ("write", 2)]
+    assert events == per_batch * 2
+    # and the rows written that way are the rows of an in-memory recording
+    mem = collect(lm, TEXTS[:4], layers="all", max_length=24, dtype="float32")
+    for layer in range(3):
+        np.testing.assert_allclose(st.layer_float(layer), mem[(layer, "neurons")], rtol=1e-6, atol=1e-6)

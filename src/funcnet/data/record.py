@@ -162,7 +162,10 @@ def _run_capture(
             if mask.device != t.device:
                 mask = mask.to(t.device)
             rows = t[mask] if t.dim() == 3 else t.reshape(mask.shape + t.shape[-1:])[mask]
-            state["captured"][(layer_idx, signal)] = _to_storage(rows, dtype, layer_idx, signal)
+            # handed to the sink as soon as the layer produces it: the host holds one layer's rows of a
+            # batch at a time, not the batch's rows of every layer
+            sink(layer_idx, signal, state["offset"], _to_storage(rows, dtype, layer_idx, signal))
+            state["seen"].add((layer_idx, signal))
         return cb
 
     last = max(l for l, _ in keys)
@@ -181,20 +184,18 @@ def _run_capture(
         bar = progress_bar(total=total, unit="tok", unit_scale=True, desc=desc, enabled=progress)
 
         def before(batch):
-            state["mask"], state["captured"] = batch[1].bool(), {}
+            state["mask"], state["seen"] = batch[1].bool(), set()
 
         for chunk in todo:
-            offset = chunk.tok_start
+            state["offset"] = chunk.tok_start
             seqs = [tok.sequences[i].input_ids for i in range(chunk.seq_start, chunk.seq_stop)]
             for _ids, mask, _idx in forward_batches(model, iter_batches(seqs, batch_size, pad), before=before,
                                                     stop=_StopForward):
                 n = int(mask.sum())
                 for (l, s) in keys:
-                    rows = state["captured"].get((l, s))
-                    if rows is None:
+                    if (l, s) not in state["seen"]:
                         raise FuncnetError(f"layer {l} signal '{s}' was not produced by the forward pass")
-                    sink(l, s, offset, rows)
-                offset += n
+                state["offset"] += n
                 bar.update(n)
             if on_chunk_done is not None:
                 on_chunk_done(chunk.index)
