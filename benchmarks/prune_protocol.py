@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as _dt
-import gzip
 import json
 import math
 import os
@@ -47,7 +46,7 @@ from prune_table import load_avg, log, parse_method  # noqa: E402
 import funcnet  # noqa: E402
 from funcnet import prune as P  # noqa: E402
 from funcnet.core._io import cache_dir  # noqa: E402
-from funcnet.data.corpus import Corpus, Document, load_corpus  # noqa: E402
+from funcnet.data.corpus import Corpus, Document, load_corpus, read_debian_text  # noqa: E402
 from funcnet.errors import FuncnetError  # noqa: E402
 from funcnet.evaluate import perplexity  # noqa: E402
 from funcnet.networks import FunctionalNetworks  # noqa: E402
@@ -79,12 +78,10 @@ def debian_corpus(sources: list[str] | None = None):
     docs = []
     for i, src in enumerate(sources):
         f = Path(src.removeprefix("debian:"))
-        try:
-            raw = f.read_bytes()
-        except OSError:
+        text = read_debian_text(f)
+        if text is None:
             raise SystemExit(f"the pinned debian corpus needs {f}, which this machine lacks; run with a new --json")
-        docs.append(Document((gzip.decompress(raw) if f.suffix == ".gz" else raw).decode("utf-8").strip(), i, src,
-                             "debian"))
+        docs.append(Document(text, i, src, "debian"))
     return Corpus("debian", docs)
 
 

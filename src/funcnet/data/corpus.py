@@ -233,6 +233,18 @@ def _corpus_from_strings(texts: Sequence[Any]) -> Corpus:
 
 
 # ---- Debian's licences and READMEs ----------------------------------------------------------------
+def read_debian_text(path: Path) -> str | None:
+    """One licence or README as the 'debian' corpus reads it (gzip undone, stripped), or None when it
+    cannot be read as UTF-8 text."""
+    try:
+        raw = path.read_bytes()
+        if path.suffix == ".gz":
+            raw = gzip.decompress(raw)
+        return raw.decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError, EOFError, gzip.BadGzipFile):
+        return None
+
+
 def _debian_corpus(min_chars: int, roots=None) -> Corpus:
     licences, docs = roots or DEBIAN_ROOTS
     if not licences.is_dir():
@@ -244,12 +256,8 @@ def _debian_corpus(min_chars: int, roots=None) -> Corpus:
                                                                                           ".Debian", ".markdown"))
     seen, out = set(), []
     for f in files:
-        try:
-            raw = f.read_bytes()
-            if f.suffix == ".gz":
-                raw = gzip.decompress(raw)
-            text = raw.decode("utf-8").strip()
-        except (OSError, UnicodeDecodeError, EOFError, gzip.BadGzipFile):
+        text = read_debian_text(f)
+        if text is None:
             continue  # unreadable or not UTF-8 text: not part of the corpus
         digest = hashlib.sha256(text.encode()).digest()
         if len(text) < min_chars or digest in seen:
